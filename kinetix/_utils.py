@@ -1,0 +1,163 @@
+"""Small shared helpers: keys, hyperparameter validation, dtypes, leaf paths.
+
+Nothing here creates a jnp array at import or at transformation-construction
+time; everything that touches device memory runs inside ``init``/``update``.
+"""
+
+from __future__ import annotations
+
+import numbers
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+KeyLike = Any  # int | typed key | legacy uint32[2] key
+
+
+def is_traced(x: Any) -> bool:
+  """True when ``x`` is a tracer (its value is unknown at trace time)."""
+  return isinstance(x, jax.core.Tracer)
+
+
+def concrete_float(x: Any) -> float | None:
+  """``x`` as a Python float when it is a concrete scalar, else ``None``.
+
+  Schedules (callables) and tracers (e.g. values injected by
+  ``optax.inject_hyperparams`` under ``jit``) give ``None``: they cannot be
+  checked at construction time.
+  """
+  if callable(x) or is_traced(x):
+    return None
+  if isinstance(x, numbers.Real):
+    return float(x)
+  if isinstance(x, (np.ndarray, jax.Array)) and np.ndim(x) == 0:
+    if jnp.issubdtype(x.dtype, jnp.number) and not jnp.issubdtype(
+        x.dtype, jnp.complexfloating):
+      return float(x)
+  return None
+
+
+def check_scalar_or_schedule(name: str, value: Any, *, lo: float | None = None,
+                             hi: float | None = None,
+                             allow_schedule: bool = True) -> None:
+  """Validates a float hyperparameter (or schedule) against ``[lo, hi]``.
+
+  Raises:
+    TypeError: ``value`` is neither a real number, a scalar array nor (when
+      allowed) a callable schedule.
+    ValueError: a concrete ``value`` lies outside ``[lo, hi]`` or is not finite.
+  """
+  if callable(value):
+    if not allow_schedule:
+      raise TypeError(f'{name} must be a number, not a schedule; got {value!r}')
+    return
+  if is_traced(value):
+    return
+  if isinstance(value, bool) or not (
+      isinstance(value, numbers.Real)
+      or (isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) == 0)):
+    allowed = 'a float or an optax schedule' if allow_schedule else 'a float'
+    raise TypeError(f'{name} must be {allowed}; got {value!r}')
+  v = concrete_float(value)
+  if v is None:
+    raise TypeError(f'{name} must be a real number; got {value!r}')
+  rng = f'[{lo if lo is not None else "-inf"}, {hi if hi is not None else "inf"}]'
+  if not np.isfinite(v) or (lo is not None and v < lo) or (
+      hi is not None and v > hi):
+    raise ValueError(f'{name} must lie in {rng}; got {v}')
+
+
+def static_int(name: str, value: Any) -> int:
+  """``value`` as a Python int, or a ``TypeError`` that says how to fix it."""
+  if is_traced(value):
+    raise TypeError(
+        f'{name} must be a static Python int, but it is traced. With '
+        f"optax.inject_hyperparams, pass static_args=('{name}', ...).")
+  if isinstance(value, bool):
+    raise TypeError(f'{name} must be an int; got {value!r}')
+  try:
+    return int(np.asarray(value).item()) if not isinstance(
+        value, int) else value
+  except (TypeError, ValueError) as e:
+    raise TypeError(f'{name} must be an int; got {value!r}') from e
+
+
+def resolve(value: Any, count: jax.Array) -> jax.Array:
+  """Evaluates a float-or-schedule hyperparameter at step ``count``."""
+  return value(count) if callable(value) else value
+
+
+def validate_key(key: KeyLike, name: str = 'key') -> None:
+  """Checks at construction time that ``key`` can become a typed PRNG key."""
+  if is_traced(key):
+    return
+  if isinstance(key, bool):
+    raise TypeError(f'{name} must be an int, a jax.random.key or a legacy '
+                    f'jax.random.PRNGKey; got {key!r}')
+  if isinstance(key, numbers.Integral):
+    return
+  if isinstance(key, (jax.Array, np.ndarray)):
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+      if key.shape != ():
+        raise ValueError(f'{name} must be a single key (shape ()), got shape '
+                         f'{key.shape}')
+      return
+    if key.dtype == np.uint32 and key.shape == (2,):
+      return
+    if jnp.issubdtype(key.dtype, jnp.integer) and key.shape == ():
+      return
+  raise TypeError(f'{name} must be an int, a jax.random.key or a legacy '
+                  f'jax.random.PRNGKey (uint32[2]); got {key!r}')
+
+
+def canonicalize_key(key: KeyLike) -> jax.Array:
+  """Returns a typed PRNG key from an int, a typed key or a legacy key."""
+  if isinstance(key, (jax.Array, np.ndarray)):
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+      return key
+    if key.dtype == np.uint32 and key.shape == (2,):
+      return jax.random.wrap_key_data(jnp.asarray(key))
+  return jax.random.key(key)
+
+
+def compute_dtype(dtype: Any) -> Any:
+  """The dtype kinetix computes in for a leaf of ``dtype``: at least float32."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def path_to_str(path: tuple[Any, ...]) -> str:
+  """'/'-joined key path; NNX ``.value`` attribute keys are dropped."""
+  parts = []
+  for k in path:
+    if isinstance(k, jax.tree_util.DictKey):
+      parts.append(str(k.key))
+    elif isinstance(k, jax.tree_util.SequenceKey):
+      parts.append(str(k.idx))
+    elif isinstance(k, jax.tree_util.GetAttrKey):
+      if k.name in ('value', 'raw_value', '_value'):
+        continue  # nnx.Variable wrapper
+      parts.append(k.name)
+    elif isinstance(k, jax.tree_util.FlattenedIndexKey):
+      parts.append(str(k.key))
+    else:
+      parts.append(str(k))
+  return '/'.join(parts)
+
+
+def path_seed(path_str: str) -> int:
+  """A stable 31-bit integer for a leaf path, used to fold per-leaf streams.
+
+  Folding the path (not the leaf's position in the tree) into the key keeps a
+  leaf's random stream the same whether or not other leaves are masked out.
+  """
+  return zlib.crc32(path_str.encode()) & 0x7FFFFFFF
+
+
+def leaves_with_paths(tree: Any, is_leaf: Callable[[Any], bool] | None = None):
+  """``[(path_str, leaf), ...]`` and the treedef of ``tree``."""
+  flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
+  return [(path_to_str(p), x) for p, x in flat], treedef
