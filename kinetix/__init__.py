@@ -6,3 +6,11 @@ The public API is re-exported here explicitly; everything else is private.
 __version__ = '0.1.0'
 
 # -- public re-exports (one line per module; keep sorted by module) --
+from kinetix import kinetic
+from kinetix import masks
+from kinetix.aliases import ko_adamw
+from kinetix.aliases import ko_sgd
+from kinetix.kinetic import HardCollisionState
+from kinetix.kinetic import SoftCollisionState
+from kinetix.kinetic import hard_collision
+from kinetix.kinetic import soft_collision
