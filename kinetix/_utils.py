@@ -79,11 +79,12 @@ def static_int(name: str, value: Any) -> int:
         f"optax.inject_hyperparams, pass static_args=('{name}', ...).")
   if isinstance(value, bool):
     raise TypeError(f'{name} must be an int; got {value!r}')
-  try:
-    return int(np.asarray(value).item()) if not isinstance(
-        value, int) else value
-  except (TypeError, ValueError) as e:
-    raise TypeError(f'{name} must be an int; got {value!r}') from e
+  if isinstance(value, numbers.Integral):
+    return int(value)
+  if isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) == 0 and (
+      jnp.issubdtype(value.dtype, jnp.integer)):
+    return int(value)
+  raise TypeError(f'{name} must be an int; got {value!r}')
 
 
 def resolve(value: Any, count: jax.Array) -> jax.Array:
