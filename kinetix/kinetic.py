@@ -236,8 +236,8 @@ def soft_collision(
     >>> tx = kinetic.soft_collision(0.5, mask=masks.by_path('head/kernel'))
     >>> state = tx.init(params)
     >>> updates, state = tx.update(grads, state, params)
-    >>> updates['head']['kernel'].round(3)
-    Array([[0.004, 0.004],
+    >>> updates['head']['kernel'].round(3)  # near-twins: both nearly stopped
+    Array([[0.003, 0.003],
            [0.   , 0.   ]], dtype=float32)
 
   References:
@@ -508,7 +508,7 @@ def hard_collision(
     >>> import jax.numpy as jnp
     >>> from kinetix import kinetic
     >>> params = {'w': jnp.array([[0., 0.], [0., 0.]])}
-    >>> grads = {'w': jnp.array([[1., 0.], [3., 0.]])}  # two neurons (columns)
+    >>> grads = {'w': jnp.array([[1., 3.], [0., 0.]])}  # neurons are columns
     >>> tx = kinetic.hard_collision(1.0, key=0)
     >>> state = tx.init(params)
     >>> updates, state = tx.update(grads, state, params)
