@@ -1,0 +1,25 @@
+"""The README's first example runs and does what it says."""
+
+import pathlib
+import re
+
+README = pathlib.Path(__file__).resolve().parents[1] / 'README.md'
+
+
+def test_readme_example_runs():
+  text = README.read_text()
+  code = re.findall(r'```python\n(.*?)```', text, re.S)[0]
+  namespace = {}
+  exec(compile(code, 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
+  state = namespace['state'][0]
+  assert int(state.count) == 1
+  assert 0.0 < float(state.mean_abs_cos) < 1.0
+  assert 0.0 < float(state.relative_change) < 1.0
+
+
+def test_readme_commands_match_ci():
+  text = README.read_text()
+  ci = (README.parent / '.ci' / 'run').read_text()
+  test_cmd = re.search(r'pip install -e "\.\[test\]" && (.+?)\s+#', text).group(1)
+  assert test_cmd.strip() in ci
+  assert 'pip install -e ".[test]"' in ci
