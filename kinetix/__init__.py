@@ -8,6 +8,7 @@ __version__ = '0.1.0'
 # -- public re-exports (one line per module; keep sorted by module) --
 from kinetix import kinetic
 from kinetix import masks
+from kinetix import metrics  # (plotting is optional: import kinetix.plotting)
 from kinetix.aliases import ko_adamw
 from kinetix.aliases import ko_sgd
 from kinetix.kinetic import HardCollisionState
