@@ -11,6 +11,12 @@ from kinetix import masks
 from kinetix import metrics  # (plotting is optional: import kinetix.plotting)
 from kinetix.aliases import ko_adamw
 from kinetix.aliases import ko_sgd
+from kinetix.annealing import CoolMomentumState
+from kinetix.annealing import cool_momentum
+from kinetix.hamiltonian import BBIState
+from kinetix.hamiltonian import ECDSepState
+from kinetix.hamiltonian import bbi
+from kinetix.hamiltonian import ecdsep
 from kinetix.kinetic import HardCollisionState
 from kinetix.kinetic import SoftCollisionState
 from kinetix.kinetic import hard_collision

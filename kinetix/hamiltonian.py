@@ -1,0 +1,718 @@
+"""Energy-conserving descent (ECD): Born–Infeld (BBI) and separable ECDSep.
+
+Frictionless Hamiltonian dynamics whose energy is fixed by the initial loss:
+the particle speeds up where the loss is high and slows down near the
+minimum, which dominates the phase-space volume. Chaos (random bounces for
+BBI, small random rotations for ECDSep) makes the motion ergodic.
+
+Both optimizers need the minibatch loss: pass it as ``value``,
+
+>>> import jax, jax.numpy as jnp, kinetix
+>>> loss_fn = lambda p: jnp.sum(p ** 2) + 0.1
+>>> params = jnp.ones(3)
+>>> tx = kinetix.bbi(0.1)
+>>> state = tx.init(params)
+>>> loss, grads = jax.value_and_grad(loss_fn)(params)
+>>> updates, state = tx.update(grads, state, params, value=loss)
+
+The returned updates are the parameter deltas (no ``scale(-lr)`` to chain).
+:func:`bbi_energy` and :func:`ecdsep_energy` are the conserved quantities,
+for monitoring drift (the jax-md habit).
+
+References:
+  De Luca, Silverstein, `Born-Infeld (BI) for AI: Energy-Conserving Descent
+  (ECD) for Optimization <https://arxiv.org/abs/2201.11137>`_, ICML 2022.
+
+  De Luca, Gatti, Silverstein, `Improving Energy Conserving Descent for
+  Machine Learning: Theory and Practice <https://arxiv.org/abs/2306.00352>`_,
+  2023.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from kinetix import _utils
+# The params-derived scalar-state dtype is shared with CoolMomentum.
+from kinetix.annealing import _state_dtype
+
+# A bounce threshold at or above this never fires (int32 counters saturate).
+_NEVER = 2**31 - 1
+
+
+class BBIState(NamedTuple):
+  """State of :func:`bbi`."""
+  count: jax.Array          # shape=(), int32: update calls (the index of the
+                            #   learning-rate schedule).
+  iteration: jax.Array      # shape=(), int32: real steps (not bounces/skips).
+  counter: jax.Array        # shape=(), int32: real steps since the last new
+                            #   minimum of V or the last bounce (T1 clock).
+  counter0: jax.Array       # shape=(), int32: real steps since the last fixed
+                            #   bounce (T0 clock); runs past T0 after N_b.
+  fixed_bounces: jax.Array  # shape=(), int32: fixed bounces performed.
+  bounces: jax.Array        # shape=(), int32: all bounces performed.
+  momentum: Any             # pytree like params, each leaf in max(its dtype,
+                            #   float32): the momentum pi.
+  energy: jax.Array         # shape=(), float (>= f32, from params): the
+                            #   conserved energy E = V0 + delta_energy.
+  v_init: jax.Array         # shape=(), float: V0 = F - v0 at the first step.
+  min_v: jax.Array          # shape=(), float: lowest V at a real step (inf
+                            #   before the first).
+  key: jax.Array            # shape=(), typed PRNG key, split every call.
+
+
+class ECDSepState(NamedTuple):
+  """State of :func:`ecdsep`."""
+  count: jax.Array       # shape=(), int32: update calls (schedule index).
+  iteration: jax.Array   # shape=(), int32: real steps (calls with V > eps2).
+  momentum: Any          # pytree like params, each leaf in max(its dtype,
+                         #   float32): the momentum p.
+  p2: jax.Array          # shape=(), float (>= f32, from params): |p|^2 as
+                         #   recorded by the reference (delta_energy after
+                         #   the initialisation, then the post-kick |p|^2,
+                         #   which the rotation preserves).
+  exp_energy: jax.Array  # shape=(), float: e^E = V0 (s + delta_energy).
+  key: jax.Array         # shape=(), typed PRNG key, split every call.
+
+
+# --------------------------------------------------------------------------
+# Conserved quantities
+
+
+def _sq_norm(tree: Any, dtype: Any) -> jax.Array:
+  """sum of squares over all leaves of ``tree``, accumulated in ``dtype``."""
+  leaves = jax.tree_util.tree_leaves(tree)
+  return sum((jnp.sum(jnp.square(x.astype(jnp.promote_types(x.dtype, dtype))))
+              .astype(dtype) for x in leaves), jnp.zeros([], dtype))
+
+
+def _scalar_dtype(value: Any) -> Any:
+  return _utils.compute_dtype(jnp.result_type(value))
+
+
+def bbi_energy(value: Any, momentum: Any, *, v0: float = 0.0) -> jax.Array:
+  r"""The Born–Infeld Hamiltonian :math:`H = \sqrt{V^2 + V\,|\pi|^2}`.
+
+  :math:`V = F - v_0` with :math:`F` = ``value``. :func:`bbi` rescales the
+  momentum at every step so that the momentum it kicks has :math:`H = E`
+  (``state.energy``); use this function to monitor the drift.
+
+  Args:
+    value: the loss :math:`F` (scalar).
+    momentum: the momentum pytree :math:`\pi` (e.g. ``state.momentum``).
+    v0: the expected minimum :math:`v_0` used by :func:`bbi`.
+
+  Returns:
+    A scalar :math:`H` in at least float32.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from kinetix.hamiltonian import bbi_energy
+    >>> float(bbi_energy(2.0, {'a': jnp.array([1.0, 1.0])}))
+    2.828...
+  """
+  dtype = _scalar_dtype(value)
+  v = jnp.asarray(value, dtype) - jnp.asarray(v0, dtype)
+  return jnp.sqrt(jnp.square(v) + v * _sq_norm(momentum, dtype))
+
+
+def ecdsep_energy(value: Any, momentum: Any, params: Any = None, *,
+                  eta: float = 1.0, f0: float = 0.0, s: float = 1.0,
+                  weight_decay: float = 0.0) -> jax.Array:
+  r"""The separable ECD Hamiltonian :math:`H = \log V + \log(s + |p|^2)`.
+
+  :math:`V = (F + \tfrac{\lambda}{2}|\theta|^2 - F_0)^\eta` with :math:`F` =
+  ``value``. :func:`ecdsep` keeps :math:`e^H = V\,(s + |p|^2)` equal to
+  ``state.exp_energy`` for the momentum it kicks; use this function to
+  monitor the drift.
+
+  Args:
+    value: the loss :math:`F` (scalar).
+    momentum: the momentum pytree :math:`p` (e.g. ``state.momentum``).
+    params: the params :math:`\theta`, needed when ``weight_decay != 0``.
+    eta: :math:`\eta`, as given to :func:`ecdsep`.
+    f0: :math:`F_0`, as given to :func:`ecdsep`.
+    s: :math:`s`, as given to :func:`ecdsep`.
+    weight_decay: :math:`\lambda`, as given to :func:`ecdsep`.
+
+  Returns:
+    A scalar :math:`H` in at least float32.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from kinetix.hamiltonian import ecdsep_energy
+    >>> float(jnp.exp(ecdsep_energy(2.0, {'a': jnp.array([1.0, 1.0])})))
+    6.0...
+  """
+  dtype = _scalar_dtype(value)
+  f = jnp.asarray(value, dtype)
+  if weight_decay != 0:
+    if params is None:
+      raise ValueError('ecdsep_energy with weight_decay needs the params.')
+    f = f + 0.5 * jnp.asarray(weight_decay, dtype) * _sq_norm(params, dtype)
+  v = jnp.power(f - jnp.asarray(f0, dtype), jnp.asarray(eta, dtype))
+  return jnp.log(v) + jnp.log(jnp.asarray(s, dtype) +
+                              _sq_norm(momentum, dtype))
+
+
+# --------------------------------------------------------------------------
+# Shared plumbing
+
+
+def _check_value(name: str, value: Any, dtype: Any) -> jax.Array:
+  """``value`` as a scalar of the state's dtype (never promotes the state)."""
+  if value is None:
+    raise ValueError(
+        f'{name} needs the loss: call tx.update(grads, state, params, '
+        f'value=loss) with loss, grads = jax.value_and_grad(loss_fn)(params).')
+  value = jnp.asarray(value)
+  if value.ndim != 0:
+    raise ValueError(f'{name}: value must be a scalar (the minibatch loss); '
+                     f'got shape {value.shape}.')
+  if not jnp.issubdtype(value.dtype, jnp.number) or jnp.issubdtype(
+      value.dtype, jnp.complexfloating):
+    raise TypeError(f'{name}: value must be a real scalar; got dtype '
+                    f'{value.dtype}.')
+  return value.astype(dtype)
+
+
+def _check_bool(name: str, value: Any) -> bool:
+  if not isinstance(value, (bool, np.bool_)):
+    raise TypeError(f'{name} must be a bool; got {value!r}')
+  return bool(value)
+
+
+def _check_int(name: str, value: Any, lo: int) -> Any:
+  """A concrete int ``>= lo``, or a traced value (inject_hyperparams)."""
+  if _utils.is_traced(value):
+    return value
+  v = _utils.static_int(name, value)
+  if v < lo:
+    raise ValueError(f'{name} must be an int >= {lo}; got {v}')
+  return v
+
+
+def _bounce_threshold(name: str, value: Any) -> Any:
+  """An int threshold, ``None`` (never), or a traced value.
+
+  Like the reference, a huge threshold (``1e20`` in its Zakharov config, or
+  ``math.inf``) is never reached: values ``>= 2**31 - 1`` disable the bounce.
+  """
+  if _utils.is_traced(value):
+    return value
+  v = _utils.concrete_float(value)
+  if isinstance(value, (bool, np.bool_)) or v is None:
+    raise TypeError(f'{name} must be a number of steps; got {value!r}')
+  if not v >= 1:
+    raise ValueError(f'{name} must be >= 1 (steps); got {value!r}')
+  if v >= _NEVER:
+    return None
+  if v != int(v):
+    raise ValueError(f'{name} must be a whole number of steps; got {value!r}')
+  return int(v)
+
+
+def _check_finite(name: str, value: Any) -> None:
+  _utils.check_scalar_or_schedule(name, value, allow_schedule=False)
+
+
+def _flatten(name: str, updates: Any, momentum: Any):
+  """Leaves of ``updates`` and ``momentum`` and the per-leaf path seeds."""
+  flat, treedef = jax.tree_util.tree_flatten_with_path(updates)
+  try:
+    mom = treedef.flatten_up_to(momentum)
+  except (ValueError, TypeError) as e:
+    raise ValueError(f'{name}: updates do not have the structure of the '
+                     f'params the state was initialised with: {e}') from e
+  seeds = [_utils.path_seed(_utils.path_to_str(p)) for p, _ in flat]
+  return [g for _, g in flat], mom, seeds, treedef
+
+
+def _init_momentum(params: Any) -> Any:
+  return jax.tree.map(
+      lambda p: jnp.zeros(p.shape, _utils.compute_dtype(p.dtype)), params)
+
+
+def _safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
+  """``num / den`` with 0 where ``den == 0`` (NaN ``den`` propagates)."""
+  return jnp.where(den == 0, jnp.zeros_like(num),
+                   num / jnp.where(den == 0, jnp.ones_like(den), den))
+
+
+def _rescale(target: jax.Array, current: jax.Array, eps1: jax.Array,
+             guard_zero: bool = True) -> jax.Array:
+  """The reference's energy rescale factor ``sqrt(target/current)``.
+
+  1 when within ``eps1``, when the target is negative, or (ECDSep's branch,
+  kinetix's guard for BBI) when ``current == 0``. A NaN propagates.
+  """
+  keep = (jnp.abs(current - target) < eps1) | (target < 0)
+  if guard_zero:
+    keep = keep | (current == 0)
+  ratio = target / jnp.where(keep, jnp.ones_like(current), current)
+  return jnp.where(keep, jnp.ones_like(ratio), jnp.sqrt(ratio))
+
+
+# --------------------------------------------------------------------------
+# BBI
+
+
+def bbi(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    v0: float = 0.0,
+    threshold0: int = 1000,
+    threshold: int = 3000,
+    delta_energy: float = 0.0,
+    conserve_energy: bool = True,
+    n_fixed_bounces: int = 1,
+    eps1: float = 1e-10,
+    eps2: float = 1e-40,
+    key: _utils.KeyLike = 0,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Born–Infeld energy-conserving descent (BBI) with billiard bounces.
+
+  The parameters :math:`\theta` move as a particle with the Born–Infeld
+  Hamiltonian :math:`H = \sqrt{V^2 + V\pi^2}`, :math:`V = F(\theta) - v_0`,
+  at fixed energy :math:`E = V_0 + \delta E` (:math:`V_0` the first loss).
+  Its speed limit :math:`|\dot\theta|^2 < V` makes it slow down near the
+  minimum without overshooting it. One update, with :math:`\Delta t` =
+  ``learning_rate`` and :math:`F, g` the loss and gradient at :math:`\theta`:
+
+  .. math::
+
+    r = \sqrt{\frac{E^2/V - V}{|\pi|^2}}, \qquad
+    \pi \leftarrow r\,\pi - \frac{\Delta t}{2}\Bigl(\frac{V}{E} +
+      \frac{E}{V}\Bigr) g, \qquad
+    \theta \leftarrow \theta + \Delta t\,\frac{V}{E}\,\pi .
+
+  :math:`r` restores :math:`H = E` before the kick (``conserve_energy``; it
+  is 1 when within ``eps1``, when :math:`E^2/V < V` or when
+  :math:`|\pi| = 0`). Initially each leaf's momentum points along its
+  :math:`-g` with :math:`|\pi_\text{leaf}|^2 = E^2/V_0 - V_0 = \delta E(2V_0
+  + \delta E)/V_0`, so ``delta_energy=0`` starts at rest.
+
+  **Bounces** replace :math:`\pi` by a uniformly random direction of the
+  same norm and leave :math:`\theta` unchanged for that call (the call
+  consumes a minibatch, as in the reference): *fixed* bounces after
+  :math:`T_0, 2T_0, \dots, N_b T_0` real steps, and *progress-dependent*
+  bounces whenever :math:`T_1` consecutive real steps brought no new minimum
+  of :math:`V` (``state.counter`` reaches :math:`T_1`). A call with
+  :math:`V \le` ``eps2`` does nothing at all (zero update, no counter moves).
+
+  Exactly the reference algorithm (gbdl/BBI ``inflation.py``, counters
+  included; ``n_fixed_bounces=0`` still gives one fixed bounce at
+  :math:`T_0`, and before the first real step every call re-initialises
+  :math:`E, V_0`), with these deliberate departures:
+
+  * Bounces are reproducible: the directions are drawn from the PRNG key in
+    the state (the reference seeds a private generator non-deterministically).
+    Call ``k`` splits the key carry-first, ``key, sub = split(key)``, and leaf
+    ``path`` draws ``uniform(fold_in(sub, path_seed(path)), [-1/2, 1/2))``.
+  * ``learning_rate`` may be a schedule, evaluated at ``state.count`` (update
+    calls, bounces and skips included); the reference used a constant.
+  * The reference's NaN traps are guarded: the initial momentum norm uses
+    the closed form :math:`\sqrt{\delta E(2V_0+\delta E)/V_0}` (its
+    :math:`\sqrt{E^2/V_0 - V_0}` is :math:`\sqrt{-1\,\text{ulp}}` in float32),
+    an all-zero gradient leaf starts with zero momentum (not 0/0), and
+    :math:`|\pi| = 0` skips the rescale instead of giving
+    :math:`0\cdot\infty`.
+  * NaN/Inf gradients and a NaN ``value`` propagate into the updates (the
+    reference's ``V > eps2`` test silently skips a NaN loss); wrap with
+    ``optax.apply_if_finite`` to skip such steps.
+  * Thresholds ``>= 2**31 - 1`` (e.g. ``1e20``, ``math.inf``) disable that
+    kind of bounce, as a huge threshold does in the reference.
+  * One parameter group: the energy and the counters cover all leaves. The
+    initial momentum stays per leaf as in the reference (so the first
+    rescale divides it by :math:`\sqrt{\#\text{leaves}}`).
+
+  Args:
+    learning_rate: the time step :math:`\Delta t \ge 0`, a float or an Optax
+      schedule (CIFAR-10 ResNet-18 in the paper: ``0.0622``).
+    v0: :math:`v_0` (the paper's :math:`\Delta V`), the expected minimum of
+      the loss; :math:`V = F - v_0` must stay positive.
+    threshold0: :math:`T_0 \ge 1`, real steps between fixed bounces.
+    threshold: :math:`T_1 \ge 1`, the patience of progress-dependent bounces
+      (reference class default 3000, its CLI default 2000).
+    delta_energy: :math:`\delta E \ge 0`, extra initial energy.
+    conserve_energy: rescale the momentum every step so that :math:`H = E`.
+    n_fixed_bounces: :math:`N_b \ge 0`, the number of fixed bounces.
+    eps1: tolerance below which the rescale is skipped.
+    eps2: a call with :math:`V \le` ``eps2`` is skipped.
+    key: PRNG key of the bounces: an int, a ``jax.random.key`` or a legacy
+      ``jax.random.PRNGKey``.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with state :class:`BBIState`.
+    ``update(updates, state, params=None, *, value)`` needs ``value``, the
+    loss of the minibatch whose gradient is ``updates``; it returns the
+    parameter delta :math:`\Delta t\,(V/E)\,\pi` (zeros on a bounce or skip).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, kinetix
+    >>> def loss_fn(p):
+    ...   return jnp.sum((p - 1.0) ** 2)
+    >>> params = jnp.zeros(2)
+    >>> tx = kinetix.bbi(0.1, threshold0=20, threshold=50,
+    ...                  n_fixed_bounces=5, key=0)
+    >>> @jax.jit
+    ... def train_step(params, state):
+    ...   loss, grads = jax.value_and_grad(loss_fn)(params)
+    ...   updates, state = tx.update(grads, state, params, value=loss)
+    ...   return optax.apply_updates(params, updates), state, loss
+    >>> state = tx.init(params)
+    >>> best = float('inf')
+    >>> for _ in range(200):
+    ...   params, state, loss = train_step(params, state)
+    ...   best = min(best, float(loss))
+    >>> best < 1e-3, int(state.fixed_bounces)
+    (True, 5)
+
+  References:
+    De Luca, Silverstein, `Born-Infeld (BI) for AI: Energy-Conserving Descent
+    (ECD) for Optimization <https://arxiv.org/abs/2201.11137>`_, ICML 2022.
+    Reference code: https://github.com/gbdl/BBI (``inflation.py``).
+  """
+  name = 'bbi'
+  _utils.check_scalar_or_schedule('learning_rate', learning_rate, lo=0.0)
+  _check_finite('v0', v0)
+  _utils.check_scalar_or_schedule('delta_energy', delta_energy, lo=0.0,
+                                  allow_schedule=False)
+  _utils.check_scalar_or_schedule('eps1', eps1, lo=0.0, allow_schedule=False)
+  _utils.check_scalar_or_schedule('eps2', eps2, lo=0.0, allow_schedule=False)
+  t0 = _bounce_threshold('threshold0', threshold0)
+  t1 = _bounce_threshold('threshold', threshold)
+  n_fixed = _check_int('n_fixed_bounces', n_fixed_bounces, 0)
+  conserve = _check_bool('conserve_energy', conserve_energy)
+  _utils.validate_key(key)
+
+  def init_fn(params):
+    sdt = _state_dtype(params)
+    zero = jnp.zeros([], jnp.int32)
+    return BBIState(
+        count=zero, iteration=zero, counter=zero, counter0=zero,
+        fixed_bounces=zero, bounces=zero,
+        momentum=_init_momentum(params),
+        energy=jnp.zeros([], sdt), v_init=jnp.zeros([], sdt),
+        min_v=jnp.full([], jnp.inf, sdt),
+        key=_utils.canonicalize_key(key))
+
+  def update_fn(updates, state, params=None, *, value=None, **extra_args):
+    del params, extra_args
+    sdt = state.energy.dtype
+    f = _check_value(name, value, sdt)
+    grads, mom, seeds, treedef = _flatten(name, updates, state.momentum)
+    g = [x.astype(m.dtype) for x, m in zip(grads, mom)]
+    c = lambda x: jnp.asarray(x, sdt)  # noqa: E731
+    v = f - c(v0)
+    dt = c(_utils.resolve(learning_rate, state.count))
+
+    # Until the first real step, every call (re-)initialises as the reference.
+    first = state.iteration == 0
+    zero = jnp.zeros([], jnp.int32)
+    energy = jnp.where(first, v + c(delta_energy), state.energy)
+    v_init = jnp.where(first, v, state.v_init)
+    counter = jnp.where(first, zero, state.counter)
+    counter0 = jnp.where(first, zero, state.counter0)
+    fixed = jnp.where(first, zero, state.fixed_bounces)
+    min_v = jnp.where(first, c(jnp.inf), state.min_v)
+
+    fixed_due = jnp.zeros([], bool) if t0 is None else counter0 == t0
+    progress_due = jnp.zeros([], bool) if t1 is None else counter == t1
+    active = jnp.logical_not(v <= c(eps2))  # a NaN loss is not skipped
+    branch = jnp.where(active, jnp.where(fixed_due | progress_due, 2, 1), 0)
+    new_key, step_key = jax.random.split(state.key)
+
+    def zeros():
+      return [jnp.zeros_like(x) for x in grads]
+
+    def skip():
+      return (zeros(), mom, state.iteration, counter, counter0, fixed,
+              state.bounces, min_v)
+
+    def initial_momentum():
+      v0_safe = jnp.where(v_init > 0, v_init, c(1.0))
+      de = c(delta_energy)
+      norm = jnp.sqrt(jnp.maximum(de * (2 * v_init + de) / v0_safe, 0))
+      out = []
+      for x in g:
+        n = jnp.sqrt(jnp.sum(jnp.square(x)))
+        out.append(-(x / jnp.where(n > 0, n, jnp.ones_like(n)))
+                   * norm.astype(x.dtype))
+      return out
+
+    def step():
+      pi = jax.lax.cond(first, initial_momentum, lambda: mom)
+      if conserve:
+        ps2 = _sq_norm(pi, sdt)
+        r = _rescale(v * (jnp.square(energy / v) - 1), ps2, c(eps1))
+      else:
+        r = c(1.0)
+      kick = 0.5 * dt * (v / energy + energy / v)
+      move = dt * (v / energy)
+      new_pi = [r.astype(p.dtype) * p - kick.astype(p.dtype) * x
+                for p, x in zip(pi, g)]
+      new_updates = [(move.astype(p.dtype) * p).astype(x.dtype)
+                     for p, x in zip(new_pi, grads)]
+      improved = v < min_v
+      return (new_updates, new_pi, optax.safe_increment(state.iteration),
+              jnp.where(improved, zero, optax.safe_increment(counter)),
+              optax.safe_increment(counter0), fixed, state.bounces,
+              jnp.where(improved, v, min_v))
+
+    def bounce():
+      u = [jax.random.uniform(jax.random.fold_in(step_key, seed), p.shape,
+                              p.dtype, -0.5, 0.5)
+           for p, seed in zip(mom, seeds)]
+      scale = jnp.sqrt(_safe_div(_sq_norm(mom, sdt), _sq_norm(u, sdt)))
+      new_pi = [x * scale.astype(x.dtype) for x in u]
+      new_fixed = fixed + fixed_due.astype(jnp.int32)
+      new_counter0 = jnp.where(
+          fixed_due,
+          jnp.where(new_fixed < n_fixed, zero,
+                    optax.safe_increment(counter0)),
+          counter0)
+      return (zeros(), new_pi, state.iteration, zero, new_counter0,
+              new_fixed, optax.safe_increment(state.bounces), min_v)
+
+    (new_updates, new_pi, iteration, counter, counter0, fixed, bounces,
+     min_v) = jax.lax.switch(branch, (skip, step, bounce))
+    unflat = lambda xs: jax.tree_util.tree_unflatten(treedef, xs)  # noqa: E731
+    return unflat(new_updates), BBIState(
+        count=optax.safe_increment(state.count), iteration=iteration,
+        counter=counter, counter0=counter0, fixed_bounces=fixed,
+        bounces=bounces, momentum=unflat(new_pi), energy=energy,
+        v_init=v_init, min_v=min_v, key=new_key)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# --------------------------------------------------------------------------
+# ECDSep
+
+
+def ecdsep(
+    learning_rate: optax.ScalarOrSchedule,
+    eta: float = 1.0,
+    *,
+    nu: float = 1e-5,
+    f0: float = 0.0,
+    delta_energy: float = 0.0,
+    s: float = 1.0,
+    weight_decay: float = 0.0,
+    conserve_energy: bool = True,
+    eps1: float = 1e-10,
+    eps2: float = 1e-40,
+    key: _utils.KeyLike = 0,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Separable energy-conserving descent (ECDSep) with random rotations.
+
+  The successor of :func:`bbi`: a separable Hamiltonian
+  :math:`H = \log V(\theta) + \log(s + p^2)` with
+  :math:`V = (F - F_0)^\eta`, :math:`F` the loss plus
+  :math:`\tfrac{\lambda}{2}|\theta|^2` when ``weight_decay`` :math:`\lambda
+  \ne 0`. The energy constraint is :math:`V\,(s + p^2) = e^E`; larger
+  :math:`\eta` concentrates the invariant measure at the bottom of the basin.
+  One update, with :math:`\Delta t` = ``learning_rate``:
+
+  .. math::
+
+    c = \sqrt{\frac{e^E/V - s}{p^2}}, \qquad
+    p \leftarrow c\,p - \Delta t\,\frac{\eta}{F - F_0}\,(g + \lambda\theta),
+    \qquad \theta \leftarrow \theta + \Delta t\,\frac{2p}{s + |p|^2},
+
+  then a small random rotation of :math:`p` that keeps :math:`|p|`:
+  :math:`d = p/|p| + \nu z`, :math:`z \sim \mathcal N(0, I)`,
+  :math:`p \leftarrow |p|\, d/|d|` (the "generalized bounces"; the angle is
+  about :math:`\nu\sqrt{\dim\theta}`). :math:`c` (``conserve_energy``) is 1
+  when within ``eps1``, when :math:`e^E/V < s` or when the recorded
+  :math:`p^2` is 0. Initially :math:`p = -g\sqrt{\delta E'/|g|^2}`
+  normalised over the **whole** model (unlike BBI's per-leaf start), with
+  :math:`e^E = V_0(s + \delta E')`, :math:`\delta E' = \delta E` if
+  :math:`s = 1` else 1. A call with :math:`V \le` ``eps2`` (e.g.
+  :math:`F < F_0`) does nothing.
+
+  Exactly the reference algorithm (gbdl/ECDSep ``inflation.py``), with these
+  deliberate departures:
+
+  * ``learning_rate`` schedules take effect, evaluated at ``state.count``
+    (update calls). The reference reads ``lr`` from an attribute fixed at
+    construction, so PyTorch schedulers were inert: all its published
+    results used a constant :math:`\Delta t`.
+  * The rotation is reproducible: call ``k`` splits the key carry-first,
+    ``key, sub = split(key)``, and leaf ``path`` draws
+    ``normal(fold_in(sub, path_seed(path)))`` (the reference seeds a private
+    generator non-deterministically). With ``nu=0`` no noise is drawn and
+    the rotation is the identity (the reference's is, up to rounding).
+  * NaN traps are guarded: an all-zero initial gradient gives :math:`p = 0`
+    (not 0/0) and :math:`|p| = 0` skips the rotation's normalisation.
+    NaN/Inf gradients and a NaN ``value`` propagate into the updates (the
+    reference silently skips a NaN loss); a loss below :math:`F_0` still
+    skips the call, as in the reference.
+  * :math:`e^E` is computed as :math:`V_0 (s + \delta E')` rather than
+    :math:`\exp(\log V_0 + \log(s + \delta E'))` (equal up to rounding).
+  * ``delta_energy != 0`` with ``s != 1`` raises a ``ValueError`` (the
+    reference silently replaces it by 1).
+
+  Args:
+    learning_rate: the time step :math:`\Delta t \ge 0`, a float or an Optax
+      schedule (CIFAR-100 WRN-28-10 in the paper: ``0.4``).
+    eta: :math:`\eta > 0` (the README recommends :math:`\eta \ge 1`, tested
+      up to 5; non-integer :math:`\eta` with :math:`F < F_0` skips the call).
+    nu: :math:`\nu \ge 0`, the size of the random rotation (chaos).
+    f0: :math:`F_0`, the expected minimum of the loss.
+    delta_energy: :math:`\delta E \ge 0`, the initial :math:`|p|^2`
+      (only with ``s == 1``).
+    s: :math:`s \ge 0`, the regularisation switch of the kinetic term.
+    weight_decay: :math:`\lambda \ge 0`, an L2 term inside :math:`F`
+      (``update`` then needs ``params``).
+    conserve_energy: rescale the momentum every step so that
+      :math:`V(s + p^2) = e^E`.
+    eps1: tolerance below which the rescale is skipped.
+    eps2: a call with :math:`V \le` ``eps2`` is skipped.
+    key: PRNG key of the rotations: an int, a ``jax.random.key`` or a legacy
+      ``jax.random.PRNGKey``.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with state
+    :class:`ECDSepState`. ``update(updates, state, params=None, *, value)``
+    needs ``value``, the loss of the minibatch whose gradient is
+    ``updates``; it returns the parameter delta :math:`2\Delta t\,p/(s +
+    |p|^2)` (zeros on a skipped call).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, kinetix
+    >>> def loss_fn(p):
+    ...   return jnp.sum((p - 1.0) ** 2)
+    >>> params = jnp.zeros(2)
+    >>> tx = kinetix.ecdsep(0.05, eta=2.0, nu=1e-4, key=0)
+    >>> @jax.jit
+    ... def train_step(params, state):
+    ...   loss, grads = jax.value_and_grad(loss_fn)(params)
+    ...   updates, state = tx.update(grads, state, params, value=loss)
+    ...   return optax.apply_updates(params, updates), state
+    >>> state = tx.init(params)
+    >>> for _ in range(300):
+    ...   params, state = train_step(params, state)
+    >>> bool(loss_fn(params) < 1e-2)
+    True
+
+  References:
+    De Luca, Gatti, Silverstein, `Improving Energy Conserving Descent for
+    Machine Learning: Theory and Practice
+    <https://arxiv.org/abs/2306.00352>`_, 2023. Reference code:
+    https://github.com/gbdl/ECDSep (``inflation.py``).
+  """
+  name = 'ecdsep'
+  _utils.check_scalar_or_schedule('learning_rate', learning_rate, lo=0.0)
+  _utils.check_scalar_or_schedule('eta', eta, allow_schedule=False)
+  eta_value = _utils.concrete_float(eta)
+  if eta_value is not None and not eta_value > 0:
+    raise ValueError(f'eta must be > 0 (the paper uses eta >= 1); got {eta}')
+  _utils.check_scalar_or_schedule('nu', nu, lo=0.0, allow_schedule=False)
+  _check_finite('f0', f0)
+  _utils.check_scalar_or_schedule('delta_energy', delta_energy, lo=0.0,
+                                  allow_schedule=False)
+  _utils.check_scalar_or_schedule('s', s, lo=0.0, allow_schedule=False)
+  if (_utils.concrete_float(s) not in (None, 1.0)
+      and _utils.concrete_float(delta_energy) not in (None, 0.0)):
+    raise ValueError(
+        f'delta_energy={delta_energy} only applies with s=1; with s={s} the '
+        f'initial |p|^2 is 1 (as in the reference). Leave delta_energy=0.')
+  _utils.check_scalar_or_schedule('weight_decay', weight_decay, lo=0.0,
+                                  allow_schedule=False)
+  _utils.check_scalar_or_schedule('eps1', eps1, lo=0.0, allow_schedule=False)
+  _utils.check_scalar_or_schedule('eps2', eps2, lo=0.0, allow_schedule=False)
+  conserve = _check_bool('conserve_energy', conserve_energy)
+  _utils.validate_key(key)
+  no_decay = _utils.concrete_float(weight_decay) == 0.0
+  no_noise = _utils.concrete_float(nu) == 0.0
+
+  def init_fn(params):
+    sdt = _state_dtype(params)
+    zero = jnp.zeros([], jnp.int32)
+    return ECDSepState(
+        count=zero, iteration=zero, momentum=_init_momentum(params),
+        p2=jnp.zeros([], sdt), exp_energy=jnp.zeros([], sdt),
+        key=_utils.canonicalize_key(key))
+
+  def update_fn(updates, state, params=None, *, value=None, **extra_args):
+    del extra_args
+    sdt = state.p2.dtype
+    f = _check_value(name, value, sdt)
+    grads, mom, seeds, treedef = _flatten(name, updates, state.momentum)
+    g = [x.astype(m.dtype) for x, m in zip(grads, mom)]
+    c = lambda x: jnp.asarray(x, sdt)  # noqa: E731
+    if not no_decay:
+      if params is None:
+        raise ValueError(f'{name} with weight_decay needs the params: call '
+                         f'tx.update(grads, state, params, value=loss).')
+      theta = [x.astype(m.dtype) for x, m in
+               zip(treedef.flatten_up_to(params), mom)]
+      wd = c(weight_decay)
+      f = f + 0.5 * wd * _sq_norm(theta, sdt)
+      g = [x + wd.astype(x.dtype) * t for x, t in zip(g, theta)]
+      raw_g = [x.astype(m.dtype) for x, m in zip(grads, mom)]
+    else:
+      raw_g = g
+    base = f - c(f0)
+    v = jnp.power(base, c(eta))
+    # Skip V <= eps2 (also F < F0 with non-integer eta: NaN from the power),
+    # but let a NaN loss through.
+    active = (v > c(eps2)) | jnp.isnan(base)
+    dt = c(_utils.resolve(learning_rate, state.count))
+    s_ = c(s)
+    de = jnp.where(s_ == 1, c(delta_energy), c(1.0))
+
+    def initialise():
+      # Global normalisation of the raw gradient (without weight decay).
+      g2 = _sq_norm(raw_g, sdt)
+      scale = jnp.sqrt(_safe_div(de, g2))
+      return [-x * scale.astype(x.dtype) for x in raw_g], de, v * (s_ + de)
+
+    first = state.iteration == 0
+    p, p2, exp_energy = jax.lax.cond(
+        first, initialise, lambda: (mom, state.p2, state.exp_energy))
+    new_key, step_key = jax.random.split(state.key)
+
+    def skip():
+      return [jnp.zeros_like(x) for x in grads], p, p2, state.iteration
+
+    def step():
+      if conserve:
+        cf = _rescale(exp_energy / v - s_, p2, c(eps1))
+      else:
+        cf = c(1.0)
+      kick = dt * c(eta) / base
+      new_p = [cf.astype(x.dtype) * x - kick.astype(x.dtype) * gx
+               for x, gx in zip(p, g)]
+      big_p2 = _sq_norm(new_p, sdt)
+      den = s_ + big_p2
+      move = 2 * dt / jnp.where(den == 0, jnp.ones_like(den), den)
+      new_updates = [(move.astype(x.dtype) * x).astype(u.dtype)
+                     for x, u in zip(new_p, grads)]
+      if not no_noise:
+        # p = 0 stays 0 (the reference divides 0 by 0 here).
+        norm = jnp.sqrt(big_p2)
+        safe_norm = jnp.where(norm > 0, norm, jnp.ones_like(norm))
+        d = [x / safe_norm.astype(x.dtype) + c(nu).astype(x.dtype)
+             * jax.random.normal(jax.random.fold_in(step_key, seed), x.shape,
+                                 x.dtype)
+             for x, seed in zip(new_p, seeds)]
+        back = _safe_div(norm, jnp.sqrt(_sq_norm(d, sdt)))
+        new_p = [x * back.astype(x.dtype) for x in d]
+      return new_updates, new_p, big_p2, optax.safe_increment(state.iteration)
+
+    new_updates, new_p, p2, iteration = jax.lax.cond(active, step, skip)
+    unflat = lambda xs: jax.tree_util.tree_unflatten(treedef, xs)  # noqa: E731
+    return unflat(new_updates), ECDSepState(
+        count=optax.safe_increment(state.count), iteration=iteration,
+        momentum=unflat(new_p), p2=p2, exp_energy=exp_energy, key=new_key)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
