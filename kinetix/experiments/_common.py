@@ -1,0 +1,111 @@
+"""Shared plumbing of the experiments: options, progress bars, result files."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import pathlib
+import platform
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+DEFAULT_OUT = 'kinetix-out'
+
+
+def positive_int(text: str) -> int:
+  value = int(text)
+  if value < 1:
+    raise argparse.ArgumentTypeError(f'expected a positive integer, got {text}')
+  return value
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, *,
+                         default_seeds: int) -> None:
+  """``--out``, ``--seeds``, ``--quick``, ``--no-progress``, ``--no-plot``."""
+  group = parser.add_argument_group('common options')
+  group.add_argument(
+      '--out', type=pathlib.Path, default=pathlib.Path(DEFAULT_OUT),
+      help=f'output directory for PNG/JSON/Markdown (default: {DEFAULT_OUT}/)')
+  group.add_argument(
+      '--seeds', type=positive_int, default=None,
+      help=f'number of seeds, run as 0..N-1 in one vmapped computation '
+           f'(default: {default_seeds}; --quick: 2)')
+  group.add_argument(
+      '--quick', action='store_true',
+      help='tiny sizes for a smoke test (CI): seconds, not meaningful numbers')
+  group.add_argument('--no-progress', action='store_true',
+                     help='no progress bar (it is off anyway when stderr is '
+                          'not a terminal)')
+  group.add_argument('--no-plot', action='store_true',
+                     help='skip the figures (no matplotlib needed)')
+
+
+def progress(iterable: Iterable[Any] | None = None, *, total: int | None = None,
+             desc: str = '', disable: bool = False):
+  """A tqdm bar on stderr, off when asked or when stderr is not a terminal."""
+  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm(iterable, total=total, desc=desc, unit='run', leave=True,
+              dynamic_ncols=True, disable=True if disable else None,
+              file=sys.stderr)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+  """Mean and (population) standard deviation of per-seed numbers."""
+  vals = [float(v) for v in values]
+  mean = sum(vals) / len(vals)
+  std = math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals))
+  return mean, std
+
+
+def fmt_mean_std(values: Sequence[float], digits: int = 3,
+                 scale: float = 1.0) -> str:
+  mean, std = mean_std([scale * v for v in values])
+  return f'{mean:.{digits}f} ± {std:.{digits}f}'
+
+
+def environment() -> dict[str, Any]:
+  """What the numbers were measured on (written into every JSON)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  import kinetix  # pylint: disable=g-import-not-at-top
+  return {
+      'date': datetime.datetime.now(datetime.timezone.utc).isoformat(
+          timespec='seconds'),
+      'kinetix': kinetix.__version__,
+      'jax': jax.__version__,
+      'optax': optax.__version__,
+      'python': platform.python_version(),
+      'platform': platform.platform(),
+      'devices': [str(d) for d in jax.devices()],
+  }
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+  lines = ['| ' + ' | '.join(header) + ' |',
+           '| ' + ' | '.join('---' for _ in header) + ' |']
+  lines += ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows]
+  return '\n'.join(lines) + '\n'
+
+
+def write_json(path: pathlib.Path, obj: Any) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(obj, indent=2, allow_nan=False) + '\n')
+
+
+def write_text(path: pathlib.Path, text: str) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(text)
+
+
+def save_figure(fig: Any, path: pathlib.Path, dpi: int = 130) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=dpi)
+
+
+def resolve_seeds(args: argparse.Namespace, default: int) -> int:
+  if args.seeds is not None:
+    return args.seeds
+  return 2 if args.quick else default

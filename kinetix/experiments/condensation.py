@@ -1,0 +1,396 @@
+r"""The KO paper's condensation study (Sec. 4.1, Fig. 2), reproducible on a CPU.
+
+A two-layer 5-50-1 network fits 80 points of
+
+.. math::  y = \sum_{k=1}^{5} 3.5 \sin(5 x_k + 1), \qquad
+   x \sim U[-4, 2]^5,
+
+from the small initialisation :math:`N(0, 0.005^2)` (every parameter) that
+makes neurons *condense* (Zhou et al., 2022), trained full-batch with Adam,
+Adam + soft collision and Adam + hard collision on the hidden layer's kernel.
+We record the cosine similarities of the hidden neurons' input weights (the
+kernel's columns, bias excluded) at every step, for several seeds at once
+(``vmap``; one ``lax.scan`` over steps, no host round trips).
+
+The paper gives neither the learning rate, nor ``coll_coef``, nor the
+number of steps beyond "epoch 100" in Fig. 2: the defaults here are
+``lr = 5e-4``, 100 full-batch steps (= epochs), ``coll_coef = 0.1`` (the
+authors' code) and the paper's ``distance_scale = 1`` (with weights this
+small, ``exp(-κ|w_i − w_j|) ≈ 1`` for any reasonable κ). Every figure and
+table states them.
+
+Run it with ``python -m kinetix condensation``; programmatic use::
+
+    from kinetix.experiments import condensation
+    settings = condensation.Settings(steps=100, seeds=4)
+    results = condensation.run_experiment(settings)
+    summary = condensation.summarize(results, settings)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kinetix.experiments import _common
+
+NAME = 'condensation'
+
+METHODS = ('adam', 'soft', 'hard')
+METHOD_LABELS = {'adam': 'Adam', 'soft': 'Adam + soft', 'hard': 'Adam + hard'}
+
+
+def _activations() -> dict[str, Callable[[Any], Any]]:
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  return {
+      'tanh': jnp.tanh,
+      'xtanh': lambda z: z * jnp.tanh(z),
+      'relu': jax.nn.relu,
+      'sigmoid': jax.nn.sigmoid,
+      'softplus': jax.nn.softplus,
+      'gelu': jax.nn.gelu,
+      'silu': jax.nn.silu,
+      'sin': jnp.sin,
+  }
+
+
+ACTIVATIONS = ('tanh', 'xtanh', 'relu', 'sigmoid', 'softplus', 'gelu', 'silu',
+               'sin')
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """Everything that defines one run (written into the JSON and figures)."""
+  activations: tuple[str, ...] = ('tanh', 'xtanh')
+  methods: tuple[str, ...] = METHODS
+  seeds: int = 8
+  steps: int = 100
+  learning_rate: float = 5e-4
+  coll_coef: float = 0.1
+  distance_scale: float = 1.0
+  width: int = 50
+  input_dim: int = 5
+  n_samples: int = 80
+  init_std: float = 0.005
+  data_seed: int = 0
+
+  def __post_init__(self):
+    for a in self.activations:
+      if a not in ACTIVATIONS:
+        raise ValueError(f'unknown activation {a!r}; choose from '
+                         f'{", ".join(ACTIVATIONS)}')
+    for m in self.methods:
+      if m not in METHODS:
+        raise ValueError(f'unknown method {m!r}; choose from '
+                         f'{", ".join(METHODS)}')
+    if self.seeds < 1 or self.steps < 1 or self.width < 2:
+      raise ValueError('seeds and steps must be >= 1 and width >= 2')
+
+  def describe(self) -> str:
+    return (f'5-{self.width}-1 net, init N(0, {self.init_std}²), '
+            f'{self.n_samples} points, full-batch Adam lr {self.learning_rate:g}, '
+            f'{self.steps} steps; collisions on the hidden kernel, coll_coef '
+            f'{self.coll_coef:g}, hard distance_scale {self.distance_scale:g}; '
+            f'{self.seeds} seeds')
+
+
+# --------------------------------------------------------------------------
+# Problem, model, optimizers
+
+
+def make_data(settings: Settings):
+  """``(x, y)``: ``n_samples`` points of U[-4, 2]^d and Σ_k 3.5 sin(5x_k+1)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  x = jax.random.uniform(jax.random.key(settings.data_seed),
+                         (settings.n_samples, settings.input_dim),
+                         minval=-4.0, maxval=2.0)
+  y = jnp.sum(3.5 * jnp.sin(5.0 * x + 1.0), axis=1, keepdims=True)
+  return x, y
+
+
+def init_params(key, settings: Settings):
+  """Every parameter ~ N(0, init_std²), as in the paper."""
+  import jax  # pylint: disable=g-import-not-at-top
+  k = jax.random.split(key, 4)
+  std, d, m = settings.init_std, settings.input_dim, settings.width
+  normal = jax.random.normal
+  return {
+      'hidden': {'kernel': std * normal(k[0], (d, m)),
+                 'bias': std * normal(k[1], (m,))},
+      'output': {'kernel': std * normal(k[2], (m, 1)),
+                 'bias': std * normal(k[3], (1,))},
+  }
+
+
+def apply(params, x, activation: Callable[[Any], Any]):
+  h = activation(x @ params['hidden']['kernel'] + params['hidden']['bias'])
+  return h @ params['output']['kernel'] + params['output']['bias']
+
+
+def make_optimizer(method: str, settings: Settings, key=0):
+  """Adam, preceded by the collision of ``method`` on ``hidden/kernel``."""
+  import optax  # pylint: disable=g-import-not-at-top
+  from kinetix import kinetic, masks  # pylint: disable=g-import-not-at-top
+  mask = masks.by_path('hidden/kernel')
+  if method == 'adam':
+    collision = optax.identity()
+  elif method == 'soft':
+    collision = kinetic.soft_collision(settings.coll_coef, mask=mask, key=key)
+  elif method == 'hard':
+    n = settings.width
+    # All n(n-1)/2 pairs fit the sparse pair list: under vmap over seeds a
+    # lax.cond between the sparse and the dense path would run both.
+    collision = kinetic.hard_collision(
+        settings.coll_coef, mask=mask, key=key,
+        distance_scale=settings.distance_scale, max_pairs=n * (n - 1) // 2)
+  else:
+    raise ValueError(f'unknown method {method!r}')
+  return optax.chain(collision, optax.adam(settings.learning_rate))
+
+
+def train(activation: str, method: str, settings: Settings) -> dict[str, Any]:
+  """Trains all seeds at once; returns NumPy arrays.
+
+  Returns:
+    ``loss`` (seeds, steps): the loss before each step; ``max_abs_cos`` and
+    ``mean_abs_cos`` (seeds, steps + 1): the hidden layer's condensation
+    before each step and after the last; ``accepted_fraction`` and
+    ``relative_change`` (seeds, steps): from the collision state (zeros for
+    Adam); ``final_loss`` (seeds,); ``cosine`` (seeds, width, width): the
+    final cosine matrix.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from kinetix import metrics  # pylint: disable=g-import-not-at-top
+
+  act = _activations()[activation]
+  x, y = make_data(settings)
+
+  def loss_fn(params):
+    return jnp.mean((apply(params, x, act) - y) ** 2)
+
+  def condensation(params):
+    stats = metrics.condensation({'hidden': params['hidden']})['hidden/kernel']
+    return stats['max_abs_cos'], stats['mean_abs_cos']
+
+  def one_seed(seed):
+    base = jax.random.key(seed)
+    params = init_params(base, settings)
+    tx = make_optimizer(method, settings, key=jax.random.fold_in(base, 1))
+    state = tx.init(params)
+
+    def step(carry, _):
+      params, state = carry
+      loss, grads = jax.value_and_grad(loss_fn)(params)
+      updates, state = tx.update(grads, state, params)
+      coll = state[0]
+      acc = getattr(coll, 'accepted_fraction', jnp.zeros([], jnp.float32))
+      rel = getattr(coll, 'relative_change', jnp.zeros([], jnp.float32))
+      logs = (loss,) + condensation(params) + (acc, rel)
+      return (optax.apply_updates(params, updates), state), logs
+
+    (params, _), (loss, mx, mn, acc, rel) = jax.lax.scan(
+        step, (params, state), None, length=settings.steps)
+    last_mx, last_mn = condensation(params)
+    return {
+        'loss': loss,
+        'final_loss': loss_fn(params),
+        'max_abs_cos': jnp.concatenate([mx, last_mx[None]]),
+        'mean_abs_cos': jnp.concatenate([mn, last_mn[None]]),
+        'accepted_fraction': acc,
+        'relative_change': rel,
+        'cosine': metrics.neuron_cosine(params['hidden']['kernel']),
+    }
+
+  out = jax.jit(jax.vmap(one_seed))(jnp.arange(settings.seeds))
+  return {k: np.asarray(v) for k, v in jax.device_get(out).items()}
+
+
+def run_experiment(settings: Settings, *, progress: bool = False
+                   ) -> dict[str, dict[str, dict[str, Any]]]:
+  """``results[activation][method]`` = :func:`train`'s arrays (+ seconds)."""
+  results: dict[str, dict[str, dict[str, Any]]] = {}
+  runs = [(a, m) for a in settings.activations for m in settings.methods]
+  bar = _common.progress(total=len(runs), desc='condensation',
+                         disable=not progress)
+  for activation, method in runs:
+    bar.set_postfix_str(f'{activation}/{method}')
+    start = time.perf_counter()
+    res = train(activation, method, settings)
+    res['seconds'] = time.perf_counter() - start
+    results.setdefault(activation, {})[method] = res
+    bar.update(1)
+  bar.close()
+  return results
+
+
+# --------------------------------------------------------------------------
+# Summaries, tables, figures
+
+
+def _stat(values) -> dict[str, Any]:
+  vals = [float(v) for v in values]
+  mean, std = _common.mean_std(vals)
+  return {'mean': mean, 'std': std, 'per_seed': vals}
+
+
+def summarize(results, settings: Settings) -> dict[str, Any]:
+  """JSON-able numbers: per activation and method, mean ± std over seeds."""
+  table: dict[str, Any] = {}
+  for activation, by_method in results.items():
+    table[activation] = {}
+    for method, r in by_method.items():
+      entry = {
+          'max_abs_cos': _stat(r['max_abs_cos'][:, -1]),
+          'mean_abs_cos': _stat(r['mean_abs_cos'][:, -1]),
+          'final_loss': _stat(r['final_loss']),
+          'init_mean_abs_cos': _stat(r['mean_abs_cos'][:, 0]),
+          'seconds': float(r['seconds']),
+      }
+      if method != 'adam':
+        entry['relative_change'] = _stat(r['relative_change'].mean(axis=1))
+      if method == 'hard':
+        entry['accepted_fraction'] = _stat(r['accepted_fraction'].mean(axis=1))
+      table[activation][method] = entry
+  return {'settings': dataclasses.asdict(settings), 'results': table}
+
+
+def markdown(summary: dict[str, Any]) -> str:
+  s = Settings(**{k: tuple(v) if isinstance(v, list) else v
+                  for k, v in summary['settings'].items()})
+  rows = []
+  for activation, by_method in summary['results'].items():
+    for method, e in by_method.items():
+      acc = e.get('accepted_fraction')
+      rows.append([
+          activation, METHOD_LABELS[method],
+          f"{e['max_abs_cos']['mean']:.3f} ± {e['max_abs_cos']['std']:.3f}",
+          f"{e['mean_abs_cos']['mean']:.3f} ± {e['mean_abs_cos']['std']:.3f}",
+          f"{e['final_loss']['mean']:.2f} ± {e['final_loss']['std']:.2f}",
+          '—' if acc is None else f"{100 * acc['mean']:.2f} %",
+      ])
+  init = next(iter(next(iter(summary['results'].values())).values()))
+  text = (f'Condensation of the hidden layer after {s.steps} steps '
+          f'({s.describe()}). Mean ± std over seeds; |cos| between the '
+          f"hidden neurons' input weights, off-diagonal. At initialisation "
+          f"mean |cos| = {init['init_mean_abs_cos']['mean']:.3f}.\n\n")
+  text += _common.markdown_table(
+      ['activation', 'optimizer', 'max |cos|', 'mean |cos|', 'final MSE',
+       'hard: pairs accepted / step'], rows)
+  if 'runtime_s' in summary:
+    text += f"\nRun time: {summary['runtime_s']:.1f} s.\n"
+  return text
+
+
+def heatmap_figure(results, settings: Settings, seed: int = 0):
+  """Fig. 2: rows are optimizers, columns activations; one seed's matrices."""
+  from kinetix import plotting  # pylint: disable=g-import-not-at-top
+  acts = list(results)
+  methods = [m for m in METHODS if m in results[acts[0]]]
+  mats, notes = [], []
+  for m in methods:
+    mats.append([results[a][m]['cosine'][seed] for a in acts])
+    notes.append([
+        f"mean |cos| {results[a][m]['mean_abs_cos'][seed, -1]:.2f}"
+        f" (seeds {results[a][m]['mean_abs_cos'][:, -1].mean():.2f}"
+        f" ± {results[a][m]['mean_abs_cos'][:, -1].std():.2f})" for a in acts
+    ])
+  title = (f'Hidden-neuron cosine similarity after {settings.steps} steps '
+           f'(seed {seed}; neurons in spectral order)\n{settings.describe()}')
+  return plotting.similarity_grid(
+      mats, [METHOD_LABELS[m] for m in methods], acts, title=title,
+      annotations=notes, cell_size=2.4)
+
+
+def curves_figure(results, settings: Settings):
+  """mean |cos| and loss vs step, mean ± std over seeds, one column per act."""
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  from kinetix import plotting  # pylint: disable=g-import-not-at-top
+  acts = list(results)
+  fig = Figure(figsize=(3.6 * len(acts), 5.4), layout='constrained')
+  axes = fig.subplots(2, len(acts), squeeze=False)
+  for c, a in enumerate(acts):
+    plotting.training_curves(
+        {METHOD_LABELS[m]: r['mean_abs_cos'] for m, r in results[a].items()},
+        axes[0, c], ylabel='mean |cos| (hidden)', title=a)
+    plotting.training_curves(
+        {METHOD_LABELS[m]: r['loss'] for m, r in results[a].items()},
+        axes[1, c], ylabel='MSE', logy=True)
+  fig.suptitle(settings.describe(), fontsize=8)
+  return fig
+
+
+# --------------------------------------------------------------------------
+# CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  d = Settings()
+  parser.add_argument('--activations', default=','.join(d.activations),
+                      help=f'comma-separated, from: {", ".join(ACTIVATIONS)}')
+  parser.add_argument('--methods', default=','.join(d.methods),
+                      help='comma-separated, from: adam, soft, hard')
+  parser.add_argument('--steps', type=_common.positive_int, default=None,
+                      help=f'full-batch Adam steps (= epochs) (default: '
+                           f'{d.steps}; --quick: 10)')
+  parser.add_argument('--lr', type=float, default=d.learning_rate,
+                      help='Adam learning rate')
+  parser.add_argument('--coll-coef', type=float, default=d.coll_coef,
+                      help='collision coefficient c (soft and hard)')
+  parser.add_argument('--distance-scale', type=float,
+                      default=d.distance_scale,
+                      help='hard collision kappa in exp(-kappa |w_i - w_j|) '
+                           '(paper 1.0, authors\' code 0.05)')
+  parser.add_argument('--width', type=_common.positive_int, default=d.width,
+                      help='hidden neurons')
+  parser.add_argument('--init-std', type=float, default=d.init_std,
+                      help='std of the Gaussian initialisation')
+  _common.add_common_arguments(parser, default_seeds=d.seeds)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+  def names(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(',') if t.strip())
+  return Settings(
+      activations=names(args.activations), methods=names(args.methods),
+      seeds=_common.resolve_seeds(args, Settings.seeds),
+      steps=args.steps or (10 if args.quick else Settings.steps),
+      learning_rate=args.lr, coll_coef=args.coll_coef,
+      distance_scale=args.distance_scale, width=args.width,
+      init_std=args.init_std)
+
+
+def run(args: argparse.Namespace) -> int:
+  try:
+    settings = settings_from_args(args)
+  except ValueError as e:
+    print(f'kinetix condensation: {e}')
+    return 2
+  out = args.out
+  print(f'kinetix condensation: {settings.describe()}')
+  start = time.perf_counter()
+  results = run_experiment(settings, progress=not args.no_progress)
+  summary = summarize(results, settings)
+  summary['runtime_s'] = time.perf_counter() - start
+  summary['environment'] = _common.environment()
+  summary['quick'] = bool(args.quick)
+  files = [out / 'condensation.json', out / 'condensation.md']
+  _common.write_json(files[0], summary)
+  table = markdown(summary)
+  _common.write_text(files[1], table)
+  if not args.no_plot:
+    _common.save_figure(heatmap_figure(results, settings),
+                        out / 'condensation.png')
+    _common.save_figure(curves_figure(results, settings),
+                        out / 'condensation_curves.png')
+    files += [out / 'condensation.png', out / 'condensation_curves.png']
+  print(table)
+  print('wrote ' + ', '.join(str(f) for f in files))
+  return 0
