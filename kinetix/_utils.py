@@ -162,3 +162,17 @@ def leaves_with_paths(tree: Any, is_leaf: Callable[[Any], bool] | None = None):
   """``[(path_str, leaf), ...]`` and the treedef of ``tree``."""
   flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
   return [(path_to_str(p), x) for p, x in flat], treedef
+
+
+def check_floating(name: str, params: Any) -> None:
+  """Raises a TypeError naming the first leaf of ``params`` that is not float.
+
+  Works on arrays and ``jax.ShapeDtypeStruct``; called from ``init``.
+  """
+  for path, leaf in leaves_with_paths(params)[0]:
+    dtype = getattr(leaf, 'dtype', None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+      raise TypeError(
+          f'{name}: param {path!r} has dtype {dtype}; {name} updates every '
+          f'leaf and needs floating-point params (wrap it with optax.masked '
+          f'to leave integer leaves out).')

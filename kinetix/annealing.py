@@ -211,6 +211,7 @@ def cool_momentum(
   no_decay = _utils.concrete_float(weight_decay) == 0.0
 
   def init_fn(params):
+    _utils.check_floating('cool_momentum', params)
     sdt = _state_dtype(params)
     return CoolMomentumState(
         count=jnp.zeros([], jnp.int32),

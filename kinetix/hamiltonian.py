@@ -393,6 +393,7 @@ def bbi(
   _utils.validate_key(key)
 
   def init_fn(params):
+    _utils.check_floating(name, params)
     sdt = _state_dtype(params)
     zero = jnp.zeros([], jnp.int32)
     return BBIState(
@@ -635,6 +636,7 @@ def ecdsep(
   no_noise = _utils.concrete_float(nu) == 0.0
 
   def init_fn(params):
+    _utils.check_floating(name, params)
     sdt = _state_dtype(params)
     zero = jnp.zeros([], jnp.int32)
     return ECDSepState(
