@@ -5,12 +5,42 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import optax
 
 from kinetix import _utils
 from kinetix import kinetic
 
 COLLISIONS = ('soft', 'hard', 'none')
+
+
+def _promote(x: Any) -> Any:
+  dtype = _utils.compute_dtype(x.dtype)
+  if isinstance(x, jax.ShapeDtypeStruct):
+    return jax.ShapeDtypeStruct(x.shape, dtype, sharding=x.sharding)
+  return x.astype(dtype)
+
+
+def _in_compute_dtype(
+    inner: optax.GradientTransformation) -> optax.GradientTransformation:
+  """Runs ``inner`` in at least float32 and casts its updates back.
+
+  Half-precision params otherwise give the base optimizer half-precision
+  moments: Adam's ``eps = 1e-8`` and ``g**2`` underflow to 0 in float16 and
+  its update becomes ``0/0``. For float32/float64 leaves this is the
+  identity.
+  """
+  def init_fn(params):
+    return inner.init(jax.tree.map(_promote, params))
+
+  def update_fn(updates, state, params=None):
+    promoted = jax.tree.map(_promote, updates)
+    new, state = inner.update(
+        promoted, state, None if params is None else jax.tree.map(
+            _promote, params))
+    return jax.tree.map(lambda n, u: n.astype(u.dtype), new, updates), state
+
+  return optax.GradientTransformation(init_fn, update_fn)
 
 
 def _collision(collision: str, coll_coef, mask, key,
@@ -47,6 +77,10 @@ def ko_sgd(
     collision_options: Mapping[str, Any] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""KO with SGD: collision → L2 weight decay → SGD with momentum.
+
+  The base optimizer runs in at least float32: the moments of bf16/f16
+  params are kept in float32 (in float16 Adam's ``g**2`` and ``eps``
+  underflow), and the updates come back in each param's dtype.
 
   The order is PyTorch's ``KiOptimizer`` around ``torch.optim.SGD``: the
   collision sees the raw loss gradient, then ``weight_decay·θ`` is added
@@ -85,8 +119,9 @@ def ko_sgd(
                                   allow_schedule=False)
   return optax.chain(
       _collision(collision, coll_coef, mask, key, collision_options),
-      optax.add_decayed_weights(weight_decay),
-      optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
+      _in_compute_dtype(optax.chain(
+          optax.add_decayed_weights(weight_decay),
+          optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov))),
   )
 
 
@@ -104,6 +139,10 @@ def ko_adamw(
     collision_options: Mapping[str, Any] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""KO with AdamW: collision → ``optax.adamw`` (decoupled weight decay).
+
+  The base optimizer runs in at least float32: the moments of bf16/f16
+  params are kept in float32 (in float16 Adam's ``g**2`` and ``eps``
+  underflow), and the updates come back in each param's dtype.
 
   Args:
     learning_rate: a float or an Optax schedule.
@@ -132,6 +171,6 @@ def ko_adamw(
                                     allow_schedule=False)
   return optax.chain(
       _collision(collision, coll_coef, mask, key, collision_options),
-      optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps,
-                  weight_decay=weight_decay),
+      _in_compute_dtype(optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps,
+                                    weight_decay=weight_decay)),
   )
