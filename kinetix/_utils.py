@@ -176,3 +176,52 @@ def check_floating(name: str, params: Any) -> None:
           f'{name}: param {path!r} has dtype {dtype}; {name} updates every '
           f'leaf and needs floating-point params (wrap it with optax.masked '
           f'to leave integer leaves out).')
+
+
+def _explicit_mesh() -> bool:
+  """Whether the current (abstract) mesh has Explicit axes."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh is None or mesh.empty:
+    return False
+  return any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types)
+
+
+def call_per_leaf(fn: Callable[..., Any], like: Any, *args: Any,
+                  n_scalars: int = 0) -> Any:
+  """``fn(*args) -> (array like `like`, scalar_1, ..., scalar_n)``.
+
+  Under a mesh with Explicit axes (sharding in types), the neuron layout's
+  transposes and reshapes of a sharded leaf have no single well-typed
+  sharding. There ``fn`` runs with those axes switched to Auto
+  (``jax.sharding.auto_axes``): GSPMD chooses the communication (e.g. one
+  all-reduce of the Gram matrices for a feature-sharded soft collision), and
+  the result comes back with the sharding of ``like``; the scalars
+  replicated. Elsewhere ``fn`` is called directly.
+  """
+  if not _explicit_mesh():
+    return fn(*args)
+  spec = jax.typeof(like).sharding.spec
+  out = (spec,) + (jax.sharding.PartitionSpec(),) * n_scalars
+  return jax.sharding.auto_axes(fn, out_sharding=out)(*args)
+
+
+def call_for_scalars(fn: Callable[..., Any], *args: Any,
+                     n_scalars: int) -> Any:
+  """``fn(*args) -> (scalar_1, ..., scalar_n)``; see :func:`call_per_leaf`."""
+  if not _explicit_mesh():
+    return fn(*args)
+  out = (jax.sharding.PartitionSpec(),) * n_scalars
+  return jax.sharding.auto_axes(fn, out_sharding=out)(*args)
+
+
+def sharding_like(x: Any) -> Any:
+  """``out_sharding`` for an array drawn to match ``x`` (None off Explicit).
+
+  Under a mesh with Explicit axes, random draws and constants are created
+  replicated unless told otherwise; pass this as ``out_sharding`` so they
+  carry ``x``'s sharding (the values do not depend on it: JAX's threefry is
+  partitionable).
+  """
+  if not _explicit_mesh():
+    return None
+  return jax.typeof(x).sharding

@@ -217,7 +217,7 @@ def cool_momentum(
         count=jnp.zeros([], jnp.int32),
         rho=jnp.asarray(rho0, sdt),
         velocity=jax.tree.map(
-            lambda p: jnp.zeros(p.shape, _utils.compute_dtype(p.dtype)),
+            lambda p: jnp.zeros_like(p, _utils.compute_dtype(p.dtype)),
             params))
 
   def update_fn(updates, state, params=None, **extra_args):

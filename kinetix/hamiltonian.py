@@ -236,7 +236,7 @@ def _flatten(name: str, updates: Any, momentum: Any):
 
 def _init_momentum(params: Any) -> Any:
   return jax.tree.map(
-      lambda p: jnp.zeros(p.shape, _utils.compute_dtype(p.dtype)), params)
+      lambda p: jnp.zeros_like(p, _utils.compute_dtype(p.dtype)), params)
 
 
 def _safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
@@ -469,7 +469,8 @@ def bbi(
 
     def bounce():
       u = [jax.random.uniform(jax.random.fold_in(step_key, seed), p.shape,
-                              p.dtype, -0.5, 0.5)
+                              p.dtype, -0.5, 0.5,
+                              out_sharding=_utils.sharding_like(p))
            for p, seed in zip(mom, seeds)]
       scale = jnp.sqrt(_safe_div(_sq_norm(mom, sdt), _sq_norm(u, sdt)))
       new_pi = [x * scale.astype(x.dtype) for x in u]
@@ -705,7 +706,7 @@ def ecdsep(
         safe_norm = jnp.where(norm > 0, norm, jnp.ones_like(norm))
         d = [x / safe_norm.astype(x.dtype) + c(nu).astype(x.dtype)
              * jax.random.normal(jax.random.fold_in(step_key, seed), x.shape,
-                                 x.dtype)
+                                 x.dtype, out_sharding=_utils.sharding_like(x))
              for x, seed in zip(new_p, seeds)]
         back = _safe_div(norm, jnp.sqrt(_sq_norm(d, sdt)))
         new_p = [x * back.astype(x.dtype) for x in d]

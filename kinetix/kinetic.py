@@ -278,23 +278,31 @@ def soft_collision(
     d2, g2 = _f32(0.0), _f32(0.0)
     for leaf in selected:
       u, p, lay = out[leaf.index], flat_p[leaf.index], leaf.layout
-      cdt = _utils.compute_dtype(u.dtype)
-      g = _neurons.to_neurons(u, lay, cdt)
-      w = _neurons.to_neurons(p, lay, cdt)
-      layer_fn = lambda w_, g_: _soft_layer(  # pylint: disable=cell-var-from-loop
-          w_, g_, coef.astype(cdt), min_similarity, include_self=include_self,
-          block_size=block)
-      delta, abs_cos = jax.vmap(layer_fn)(w, g)
-      new = _neurons.from_neurons(g + delta, lay, u.shape, cdt)
-      if not noise_off:
-        leaf_key = jax.random.fold_in(step_key, _utils.path_seed(leaf.path))
-        new = new + jnp.asarray(noise_scale, cdt) * jax.random.normal(
-            leaf_key, u.shape, cdt)
-      out[leaf.index] = new.astype(u.dtype)
-      cos_sum += jnp.sum(abs_cos).astype(jnp.float32)
+      leaf_key = jax.random.fold_in(step_key, _utils.path_seed(leaf.path))
+
+      def leaf_update(u, p, leaf_key, coef, lay=lay):
+        cdt = _utils.compute_dtype(u.dtype)
+        g = _neurons.to_neurons(u, lay, cdt)
+        w = _neurons.to_neurons(p, lay, cdt)
+        layer_fn = lambda w_, g_: _soft_layer(
+            w_, g_, coef.astype(cdt), min_similarity,
+            include_self=include_self, block_size=block)
+        delta, abs_cos = jax.vmap(layer_fn)(w, g)
+        new = _neurons.from_neurons(g + delta, lay, u.shape, cdt)
+        if not noise_off:
+          new = new + jnp.asarray(noise_scale, cdt) * jax.random.normal(
+              leaf_key, u.shape, cdt)
+        return (new.astype(u.dtype), jnp.sum(abs_cos).astype(jnp.float32),
+                jnp.sum(jnp.square(new - u.astype(cdt))).astype(jnp.float32),
+                jnp.sum(jnp.square(u.astype(cdt))).astype(jnp.float32))
+
+      new, cos_leaf, d2_leaf, g2_leaf = _utils.call_per_leaf(
+          leaf_update, u, u, p, leaf_key, coef, n_scalars=3)
+      out[leaf.index] = new
+      cos_sum += cos_leaf
       cos_n += lay.layers * lay.neurons * (lay.neurons - 1)
-      d2 += jnp.sum(jnp.square(new - u.astype(cdt))).astype(jnp.float32)
-      g2 += jnp.sum(jnp.square(u.astype(cdt))).astype(jnp.float32)
+      d2 += d2_leaf
+      g2 += g2_leaf
     new_state = SoftCollisionState(
         count=optax.safe_increment(state.count),
         key=new_key,
@@ -573,26 +581,35 @@ def hard_collision(
       u, p, lay = out[leaf.index], flat_p[leaf.index], leaf.layout
       if lay.neurons < 2:
         continue
-      cdt = _utils.compute_dtype(u.dtype)
-      g = _neurons.to_neurons(u, lay, cdt)
-      w = _neurons.to_neurons(p, lay, cdt)
       leaf_key = jax.random.fold_in(step_key, _utils.path_seed(leaf.path))
-      keys = jax.vmap(lambda l: jax.random.fold_in(leaf_key, l))(  # pylint: disable=cell-var-from-loop
-          jnp.arange(lay.layers))
-      fn = layer_fn(lay, jnp.asarray(coef_raw, cdt),
-                    jnp.asarray(distance_scale, cdt))
-      # lax.map keeps the sparse/dense lax.cond a real branch per layer.
-      delta, m, abs_cos = jax.lax.map(lambda a: fn(*a), (w, g, keys))
-      new = _neurons.from_neurons(g + delta, lay, u.shape, cdt)
-      out[leaf.index] = new.astype(u.dtype)
-      accepted += jnp.sum(m, dtype=jnp.int32)
+
+      def leaf_update(u, p, leaf_key, coef_raw, lay=lay):
+        cdt = _utils.compute_dtype(u.dtype)
+        g = _neurons.to_neurons(u, lay, cdt)
+        w = _neurons.to_neurons(p, lay, cdt)
+        keys = jax.vmap(lambda l: jax.random.fold_in(leaf_key, l))(
+            jnp.arange(lay.layers))
+        fn = layer_fn(lay, jnp.asarray(coef_raw, cdt),
+                      jnp.asarray(distance_scale, cdt))
+        # lax.map keeps the sparse/dense lax.cond a real branch per layer.
+        delta, m, abs_cos = jax.lax.map(lambda a: fn(*a), (w, g, keys))
+        new = _neurons.from_neurons(g + delta, lay, u.shape, cdt)
+        return (new.astype(u.dtype), jnp.sum(m, dtype=jnp.int32),
+                jnp.sum(abs_cos).astype(jnp.float32),
+                jnp.sum(jnp.square(delta)).astype(jnp.float32),
+                jnp.sum(jnp.square(g)).astype(jnp.float32))
+
+      new, m_leaf, cos_leaf, d2_leaf, g2_leaf = _utils.call_per_leaf(
+          leaf_update, u, u, p, leaf_key, coef_raw, n_scalars=4)
+      out[leaf.index] = new
+      accepted += m_leaf
       pairs = (lay.neurons // 2 if pairing == 'disjoint' else
                lay.neurons * (lay.neurons - 1) // 2)
       tested += lay.layers * pairs
-      cos_sum += jnp.sum(abs_cos).astype(jnp.float32)
+      cos_sum += cos_leaf
       cos_n += lay.layers * (pairs if pairing == 'disjoint' else 2 * pairs)
-      d2 += jnp.sum(jnp.square(delta)).astype(jnp.float32)
-      g2 += jnp.sum(jnp.square(g)).astype(jnp.float32)
+      d2 += d2_leaf
+      g2 += g2_leaf
     new_state = HardCollisionState(
         count=optax.safe_increment(state.count),
         key=new_key,

@@ -223,18 +223,23 @@ def condensation(
   for (_, leaf), path, on in zip(flat, paths, flags):
     if not on:
       continue
-    x, lay = _as_neurons(leaf, n_ax, l_axes, path)
+    lay = _neurons.layout(tuple(jnp.shape(leaf)), n_ax, l_axes, path)
     n = lay.neurons
     if n < 2:
       zero = jnp.zeros([], jnp.float32)
       out[path] = {'max_abs_cos': zero, 'mean_abs_cos': zero}
       continue
-    maxes, sums = jax.lax.map(
-        lambda layer: _offdiag_stats(_unit_rows(layer), block_size), x)
-    out[path] = {
-        'max_abs_cos': jnp.max(maxes).astype(jnp.float32),
-        # The pair count as a Python float: N(N-1) overflows int32 at N≈46k.
-        'mean_abs_cos': (jnp.sum(sums) / float(lay.layers * n * (n - 1))
-                         ).astype(jnp.float32),
-    }
+
+    def leaf_stats(leaf, path=path, n=n):
+      x, lay = _as_neurons(leaf, n_ax, l_axes, path)
+      maxes, sums = jax.lax.map(
+          lambda layer: _offdiag_stats(_unit_rows(layer), block_size), x)
+      # The pair count as a Python float: N(N-1) overflows int32 at N≈46k.
+      return (jnp.max(maxes).astype(jnp.float32),
+              (jnp.sum(sums) / float(lay.layers * n * (n - 1))
+               ).astype(jnp.float32))
+
+    # Under Explicit mesh axes the neuron layout runs with Auto axes.
+    max_abs, mean_abs = _utils.call_for_scalars(leaf_stats, leaf, n_scalars=2)
+    out[path] = {'max_abs_cos': max_abs, 'mean_abs_cos': mean_abs}
   return out
