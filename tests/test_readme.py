@@ -23,3 +23,17 @@ def test_readme_commands_match_ci():
   test_cmd = re.search(r'pip install -e "\.\[test\]" && (.+?)\s+#', text).group(1)
   assert test_cmd.strip() in ci
   assert 'pip install -e ".[test]"' in ci
+
+
+def test_readme_optimizer_snippets_construct():
+  """Every ``tx = kinetix.…(…)`` line of the README builds (ready to copy)."""
+  import kinetix  # pylint: disable=g-import-not-at-top
+  text = README.read_text()
+  blocks = re.findall(r'```python\n(.*?)```', text, re.S)
+  lines = [ln.split('#')[0].strip() for b in blocks for ln in b.splitlines()
+           if ln.strip().startswith('tx = kinetix.')]
+  assert len(lines) >= 5
+  for line in lines:
+    namespace = {'kinetix': kinetix, 'steps': 1000}
+    exec(line, namespace)  # pylint: disable=exec-used
+    assert hasattr(namespace['tx'], 'update'), line
