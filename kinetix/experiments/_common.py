@@ -84,9 +84,11 @@ def environment() -> dict[str, Any]:
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-  lines = ['| ' + ' | '.join(header) + ' |',
+  def cell(c: Any) -> str:  # a literal '|' (as in |cos|) would split a cell
+    return str(c).replace('|', '\\|')
+  lines = ['| ' + ' | '.join(cell(h) for h in header) + ' |',
            '| ' + ' | '.join('---' for _ in header) + ' |']
-  lines += ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows]
+  lines += ['| ' + ' | '.join(cell(c) for c in row) + ' |' for row in rows]
   return '\n'.join(lines) + '\n'
 
 

@@ -302,8 +302,10 @@ def heatmap_figure(results, settings: Settings, seed: int = 0):
         f" (seeds {results[a][m]['mean_abs_cos'][:, -1].mean():.2f}"
         f" ± {results[a][m]['mean_abs_cos'][:, -1].std():.2f})" for a in acts
     ])
+  import textwrap  # pylint: disable=g-import-not-at-top
   title = (f'Hidden-neuron cosine similarity after {settings.steps} steps '
-           f'(seed {seed}; neurons in spectral order)\n{settings.describe()}')
+           f'(seed {seed}; neurons in spectral order)\n'
+           + textwrap.fill(settings.describe(), 80))
   return plotting.similarity_grid(
       mats, [METHOD_LABELS[m] for m in methods], acts, title=title,
       annotations=notes, cell_size=2.4)
@@ -323,7 +325,9 @@ def curves_figure(results, settings: Settings):
     plotting.training_curves(
         {METHOD_LABELS[m]: r['loss'] for m, r in results[a].items()},
         axes[1, c], ylabel='MSE', logy=True)
-  fig.suptitle(settings.describe(), fontsize=8)
+  import textwrap  # pylint: disable=g-import-not-at-top
+  fig.suptitle(textwrap.fill(settings.describe(), 40 * len(acts) + 10),
+               fontsize=8)
   return fig
 
 
