@@ -306,7 +306,7 @@ def soft_collision(
     new_state = SoftCollisionState(
         count=optax.safe_increment(state.count),
         key=new_key,
-        mean_abs_cos=cos_sum / max(cos_n, 1),
+        mean_abs_cos=cos_sum / float(max(cos_n, 1)),
         relative_change=jnp.sqrt(d2 / jnp.where(g2 > 0, g2, 1.0)))
     return jax.tree_util.tree_unflatten(treedef, out), new_state
 
@@ -614,8 +614,10 @@ def hard_collision(
         count=optax.safe_increment(state.count),
         key=new_key,
         accepted_pairs=accepted,
-        accepted_fraction=accepted.astype(jnp.float32) / max(tested, 1),
-        mean_abs_cos=cos_sum / max(cos_n, 1),
+        # Python floats: pair counts pass int32 at N ≈ 46k (an lm_head).
+        accepted_fraction=(accepted.astype(jnp.float32)
+                           / float(max(tested, 1))),
+        mean_abs_cos=cos_sum / float(max(cos_n, 1)),
         relative_change=jnp.sqrt(d2 / jnp.where(g2 > 0, g2, 1.0)))
     return jax.tree_util.tree_unflatten(treedef, out), new_state
 

@@ -488,3 +488,18 @@ def test_no_recompilation_and_chain_with_base_optimizer():
   _, state = step(params, state, params)
   _, state = step(params, state, params)
   assert step._cache_size() == 1  # pylint: disable=protected-access
+
+
+def test_pair_counts_beyond_int32_do_not_overflow():
+  """N(N-1) > 2**31 (a 50,257-neuron lm_head): statistics stay finite.
+
+  Only traced (eval_shape), so no memory is used.
+  """
+  shape = jax.ShapeDtypeStruct((8, 50_257), jnp.float32)
+  for tx in (kinetic.soft_collision(0.1, block_size=1024),
+             kinetic.hard_collision(0.1, block_size=64)):
+    state = tx.init({'k': shape})
+    out, new_state = jax.eval_shape(tx.update, {'k': shape}, state,
+                                    {'k': shape})
+    assert out['k'].shape == shape.shape
+    assert new_state.mean_abs_cos.dtype == jnp.float32
