@@ -28,7 +28,7 @@ import kinetix
 
 STEPS = 3
 # Auto axes are GSPMD's home ground; the full list runs under Explicit axes.
-AUTO_SUBSET = ('soft', 'hard', 'disjoint', 'ko_adamw', 'bbi', 'ecdsep')
+AUTO_SUBSET = ('soft', 'hard', 'disjoint', 'bbi')
 
 
 def optimizers():
