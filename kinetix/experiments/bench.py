@@ -1,0 +1,632 @@
+"""The performance benchmark: KO collisions timed against references.
+
+Every figure is a *ratio* against a reference measured in the same process
+(absolute times on shared machines are not comparable across runs):
+
+1. soft collision vs the three ``N×N×D`` matrix products it needs
+   (``WᵀW``, ``GᵀG`` and ``G·C``, default precision, float32);
+2. hard collision (``pairing="all"``) vs soft collision on the same leaf,
+   with few and with nearly all pairs accepted, and the compiled temporary
+   memory of hard collision at ``N = D = 2048``;
+3. hard collision with ``pairing="disjoint"`` vs its floor, drawing the
+   ``N/2 × D`` Gaussian directions alone (and vs an AdamW update, for
+   scale);
+4. blocked soft collision on a GPT-2 ``lm_head`` leaf (768 × 50,257): it
+   runs and its compiled temporary memory stays small;
+5. a whole jitted MLP train step with soft collision on the head vs the same
+   step with plain AdamW;
+6. soft collision vs the ``optax.contrib.muon`` update of the same matrix.
+
+Protocol: ``jax.jit``, one warm-up call (compile), ``block_until_ready`` on
+all outputs, then ``repeats`` timed samples with ``time.perf_counter``; the
+figure is the median. The two sides of a ratio are sampled alternately, so
+slow drifts of the machine hit both alike; a sample of a short call loops it
+until it lasts about 20 ms. Memory is XLA's ``temp_size_in_bytes`` from
+``jitted.lower(...).compile().memory_analysis()`` (``None`` where the
+backend does not report it).
+
+Run it with ``python -m kinetix bench`` (``--quick`` for a smoke test of a
+few seconds); programmatic use::
+
+    from kinetix.experiments import bench
+    rows = bench.run_benchmarks(quick=True, repeats=3)
+    print(bench.format_table(rows))
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import pathlib
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from kinetix.experiments import _common
+
+NAME = 'bench'
+
+GIB = 1 << 30
+MEMORY_LIMIT = 2 * GIB
+SAMPLE_SECONDS = 0.02     # a timed sample loops a short call for about this
+MAX_LOOP = 1000           # ... but at most this many calls per sample
+
+KINDS = ('soft_vs_matmuls', 'hard_vs_soft', 'disjoint_vs_floor',
+         'blocked_lm_head', 'train_step', 'soft_vs_muon')
+
+NOTES = (
+    'float32 everywhere, default matmul precision (full float32 on CPU); '
+    'jit, one warm-up call, block_until_ready, median of alternating '
+    'samples; times are per call. Memory: XLA temp_size_in_bytes of the '
+    'compiled update. Kernels are (D, N): N neurons of D features.')
+
+HEADER = ('case', 'time', 'reference', 'ref. time', 'ratio', 'temp memory',
+          'target', 'holds')
+
+
+# --------------------------------------------------------------------------
+# Timing and memory
+
+
+def _block(out: Any) -> Any:
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.block_until_ready(out)
+
+
+def _call_time(fn: Callable[..., Any], args: Sequence[Any]) -> float:
+  start = time.perf_counter()
+  _block(fn(*args))
+  return time.perf_counter() - start
+
+
+def _sample(fn: Callable[..., Any], args: Sequence[Any], loop: int) -> float:
+  """Seconds per call, averaged over ``loop`` blocked calls."""
+  start = time.perf_counter()
+  for _ in range(loop):
+    _block(fn(*args))
+  return (time.perf_counter() - start) / loop
+
+
+def _loop_count(fn: Callable[..., Any], args: Sequence[Any]) -> int:
+  """Calls per sample so that one sample lasts about ``SAMPLE_SECONDS``."""
+  once = _call_time(fn, args)
+  if once >= SAMPLE_SECONDS:
+    return 1
+  return int(min(MAX_LOOP, math.ceil(SAMPLE_SECONDS / max(once, 1e-7))))
+
+
+def median_time(fn: Callable[..., Any], args: Sequence[Any], *, repeats: int,
+                warmup: bool = True) -> float:
+  """Median seconds per call of ``fn(*args)`` (jitted or compiled).
+
+  Compiles (the first call), warms up once, then takes ``repeats`` samples
+  with ``block_until_ready`` on all outputs.
+  """
+  if warmup:
+    _block(fn(*args))
+  loop = _loop_count(fn, args) if warmup else 1
+  return statistics.median(_sample(fn, args, loop) for _ in range(repeats))
+
+
+def compare_times(fn: Callable[..., Any], args: Sequence[Any],
+                  ref: Callable[..., Any], ref_args: Sequence[Any], *,
+                  repeats: int, warmup: bool = True,
+                  fn_warm: bool = False) -> tuple[float, float]:
+  """Median seconds per call of ``fn`` and ``ref``, sampled alternately.
+
+  ``warmup=False`` is for executables compiled ahead of time whose calls are
+  too slow to repeat: no warm-up call and one call per sample.
+  ``fn_warm=True``: ``fn(*args)`` has already been called once (compiled).
+  """
+  if warmup:
+    if not fn_warm:
+      _block(fn(*args))
+    _block(ref(*ref_args))
+    loop_a, loop_b = _loop_count(fn, args), _loop_count(ref, ref_args)
+  else:
+    loop_a = loop_b = 1
+  times_a, times_b = [], []
+  for i in range(repeats):
+    # Alternate which side goes first: no side always follows the other.
+    if i % 2:
+      times_b.append(_sample(ref, ref_args, loop_b))
+      times_a.append(_sample(fn, args, loop_a))
+    else:
+      times_a.append(_sample(fn, args, loop_a))
+      times_b.append(_sample(ref, ref_args, loop_b))
+  return statistics.median(times_a), statistics.median(times_b)
+
+
+def compile_fn(fn: Callable[..., Any], args: Sequence[Any]) -> Any:
+  """``jax.jit(fn).lower(*args).compile()``: an executable, no warm-up."""
+  import jax  # pylint: disable=g-import-not-at-top
+  jitted = fn if hasattr(fn, 'lower') else jax.jit(fn)
+  return jitted.lower(*args).compile()
+
+
+def temp_bytes(compiled: Any) -> int | None:
+  """XLA's temporary buffer size of a compiled executable, or ``None``."""
+  try:
+    stats = compiled.memory_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if stats is None:
+    return None
+  value = getattr(stats, 'temp_size_in_bytes', None)
+  if value is None and isinstance(stats, dict):
+    value = stats.get('temp_size_in_bytes')
+  return None if value is None else int(value)
+
+
+# --------------------------------------------------------------------------
+# Inputs
+
+
+def _leaf_inputs(d: int, n: int, seed: int = 0):
+  """A ``(D, N)`` kernel (N neurons of D features), N(0, 1/D), and a grad."""
+  import jax  # pylint: disable=g-import-not-at-top
+  kw, kg = jax.random.split(jax.random.key(seed))
+  w = jax.random.normal(kw, (d, n)) / math.sqrt(d)
+  g = jax.random.normal(kg, (d, n))
+  return w, g
+
+
+def _update_fn(tx) -> Callable[..., Any]:
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.jit(lambda g, s, p: tx.update(g, s, p))
+
+
+def _soft_args(w, g, **kwargs):
+  import kinetix  # pylint: disable=g-import-not-at-top
+  tx = kinetix.soft_collision(0.1, **kwargs)
+  params, grads = {'w': w}, {'w': g}
+  return _update_fn(tx), (grads, tx.init(params), params)
+
+
+def _matmul_reference(w, g):
+  """The soft collision's three products on a ``(D, N)`` leaf, nothing else.
+
+  ``C = (WᵀW) ⊙ (GᵀG)`` (two ``N×N×D`` Grams), then ``G·C`` (the third,
+  ``= (C·G_neurons)ᵀ``); default precision, the float32 of the inputs.
+  """
+  return g @ ((w.T @ w) * (g.T @ g))
+
+
+def _blocked_matmul_reference(w, g, block: int):
+  """:func:`_matmul_reference` in row blocks of ``block`` neurons."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  d, n = w.shape
+  nb = -(-n // block)
+  wt = jnp.pad(w.T, ((0, nb * block - n), (0, 0)))
+  gt = jnp.pad(g.T, ((0, nb * block - n), (0, 0)))
+
+  def one(i):
+    wb = jax.lax.dynamic_slice_in_dim(wt, i * block, block)
+    gb = jax.lax.dynamic_slice_in_dim(gt, i * block, block)
+    return ((wb @ w) * (gb @ g)) @ g.T
+
+  out = jax.lax.map(one, jnp.arange(nb))
+  return out.reshape(nb * block, d)[:n].T
+
+
+# --------------------------------------------------------------------------
+# Rows
+
+
+def _row(kind: str, case: str, *, time_s: float, reference: str,
+         reference_time_s: float, target_ratio: float | None = None,
+         temp: int | None = None, memory_limit: int | None = None,
+         repeats: int, note: str = '', **extra: Any) -> dict[str, Any]:
+  """One result row; ``holds`` is ``None`` when there is no target to hold."""
+  ratio = time_s / reference_time_s
+  checks = []
+  target = []
+  if target_ratio is not None:
+    checks.append(ratio <= target_ratio)
+    target.append(f'≤ {target_ratio:g}×')
+  if memory_limit is not None:
+    checks.append(None if temp is None else temp < memory_limit)
+    target.append(f'temp < {memory_limit / GIB:g} GiB')
+  holds = None
+  if checks and None not in checks:
+    holds = all(checks)
+  return {
+      'kind': kind,
+      'case': case,
+      'time_s': time_s,
+      'reference': reference,
+      'reference_time_s': reference_time_s,
+      'ratio': ratio,
+      'target': ' and '.join(target) or None,
+      'target_ratio': target_ratio,
+      'temp_bytes': temp,
+      'memory_limit_bytes': memory_limit,
+      'holds': holds,
+      'repeats': repeats,
+      'note': note,
+      **extra,
+  }
+
+
+def _error_row(kind: str, label: str, error: Exception) -> dict[str, Any]:
+  """The row of a case that raised: no numbers, ``holds`` is ``False``."""
+  message = f'{type(error).__name__}: {error}'.splitlines()[0][:300]
+  return {
+      'kind': kind, 'case': label, 'time_s': None, 'reference': None,
+      'reference_time_s': None, 'ratio': None, 'target': 'runs',
+      'target_ratio': None, 'temp_bytes': None, 'memory_limit_bytes': None,
+      'holds': False, 'repeats': 0, 'note': f'FAILED: {message}',
+      'error': message,
+  }
+
+
+def bench_soft_vs_matmuls(n: int, repeats: int) -> dict[str, Any]:
+  """Row 1: soft collision vs its three ``N×N×D`` products, ``N = D = n``."""
+  import jax  # pylint: disable=g-import-not-at-top
+  w, g = _leaf_inputs(n, n)
+  soft, soft_args = _soft_args(w, g)
+  ref = jax.jit(_matmul_reference)
+  t, t_ref = compare_times(soft, soft_args, ref, (w, g), repeats=repeats)
+  return _row('soft_vs_matmuls', f'soft collision, N=D={n}', time_s=t,
+              reference='3 matmuls (WᵀW, GᵀG, G·C)', reference_time_s=t_ref,
+              target_ratio=1.5, repeats=repeats, n=n, d=n)
+
+
+def _hard_inputs(n: int, planted_pairs: int):
+  """Kernel and gradient with ``planted_pairs`` pairs that collide at c=0.1.
+
+  Weights are N(0, 1/D), gradients N(0, 1). In the first ``planted_pairs``
+  pairs of neurons the second neuron copies the first's weights and takes the
+  opposite gradient, so these pairs have the largest ``|g_i − g_j|`` (twice
+  ``|g_i|``, vs about ``√2·|g_i|`` for the others) at zero distance: for
+  ``c = 0.1`` those of them within 10% of the largest pass the ``> 1 − c``
+  test and no other pair does.
+  """
+  w, g = _leaf_inputs(n, n, seed=1)
+  k = 2 * planted_pairs
+  w = w.at[:, 1:k:2].set(w[:, 0:k:2])
+  g = g.at[:, 1:k:2].set(-g[:, 0:k:2])
+  return w, g
+
+
+def bench_hard_vs_soft(n: int, repeats: int, *, accepted: str,
+                       memory: bool = False, note: str = '') -> dict[str, Any]:
+  """Row 2: hard collision (all pairs) vs soft collision on one leaf.
+
+  ``accepted="few"``: ``coll_coef=0.1`` with 8 planted colliding pairs (the
+  sparse path; its cost does not depend on how many of the ``max_pairs``
+  slots are used). ``accepted="all"``: ``coll_coef=1.0``, so every pair with
+  ``g_i ≠ g_j`` passes (the exact tiled all-pairs path).
+  """
+  import kinetix  # pylint: disable=g-import-not-at-top
+  coef = 0.1 if accepted == 'few' else 1.0
+  w, g = _hard_inputs(n, planted_pairs=8 if accepted == 'few' else 0)
+  params, grads = {'w': w}, {'w': g}
+  tx = kinetix.hard_collision(coef, key=0)
+  state = tx.init(params)
+  hard = _update_fn(tx)
+  temp = None
+  if memory:
+    temp = temp_bytes(compile_fn(hard, (grads, state, params)))
+  _, new_state = _block(hard(grads, state, params))   # also the warm-up
+  pairs = int(new_state.accepted_pairs)
+  fraction = float(new_state.accepted_fraction)
+  soft, soft_args = _soft_args(w, g)
+  t, t_ref = compare_times(hard, (grads, state, params), soft, soft_args,
+                           repeats=repeats, fn_warm=True)
+  label = ('few accepted' if accepted == 'few' else 'all accepted')
+  return _row('hard_vs_soft',
+              f"hard collision ('all', {label}: {pairs} pairs, "
+              f'fraction {fraction:.3g}), N=D={n}', note=note,
+              time_s=t, reference='soft collision', reference_time_s=t_ref,
+              temp=temp, memory_limit=MEMORY_LIMIT if memory else None,
+              repeats=repeats, n=n, d=n, coll_coef=coef, accepted=accepted,
+              accepted_pairs=pairs, accepted_fraction=fraction)
+
+
+def bench_disjoint(n: int, repeats: int, *, reference: str,
+                   neuron_axis: int = -1) -> dict[str, Any]:
+  """Row 3: disjoint pairing vs its Gaussian floor (or vs an AdamW update).
+
+  ``neuron_axis=0`` stores the same kernel transposed, ``(N, D)``: the
+  neuron view needs no transpose in or out (informational, no target).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import kinetix  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  w, g = _leaf_inputs(n, n)
+  if neuron_axis == 0:
+    w, g = w.T.copy(), g.T.copy()
+  params, grads = {'w': w}, {'w': g}
+  tx = kinetix.hard_collision(0.1, key=0, pairing='disjoint',
+                              neuron_axis=neuron_axis)
+  disjoint = _update_fn(tx)
+  args = (grads, tx.init(params), params)
+  if reference == 'normal':
+    ref = jax.jit(lambda k: jax.random.normal(k, (n // 2, n)))
+    ref_args = (jax.random.key(3),)
+    label = f'jax.random.normal ({n // 2}, {n})'
+    target = 1.5 if neuron_axis == -1 else None
+  else:
+    adamw = optax.adamw(1e-3)
+    ref = _update_fn(adamw)
+    ref_args = (grads, adamw.init(params), params)
+    label = 'optax.adamw(1e-3) update'
+    target = None
+  t, t_ref = compare_times(disjoint, args, ref, ref_args, repeats=repeats)
+  notes = []
+  if neuron_axis == 0:
+    notes.append('(N, D) leaf, neuron_axis=0: no transposes')
+  if target is None:
+    notes.append('informational, no target')
+  return _row('disjoint_vs_floor', f"hard collision ('disjoint'), N=D={n}",
+              time_s=t, reference=label, reference_time_s=t_ref,
+              target_ratio=target, repeats=repeats, n=n, d=n,
+              neuron_axis=neuron_axis, note='; '.join(notes))
+
+
+def bench_blocked_lm_head(d: int, n: int, block: int, *,
+                          repeats: int) -> dict[str, Any]:
+  """Row 4: blocked soft collision on a ``(D, N)`` lm_head kernel.
+
+  Both sides are compiled ahead of time (``lower().compile()``; the memory
+  comes from those executables) and each call is timed without a separate
+  warm-up: one call lasts tens of seconds on a CPU.
+  """
+  import functools  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  w, g = _leaf_inputs(d, n)
+  soft, soft_args = _soft_args(w, g, block_size=block)
+  soft_c = compile_fn(soft, soft_args)
+  ref_c = compile_fn(
+      jax.jit(functools.partial(_blocked_matmul_reference, block=block)),
+      (w, g))
+  temp = temp_bytes(soft_c)
+  t, t_ref = compare_times(soft_c, soft_args, ref_c, (w, g), repeats=repeats,
+                           warmup=False)
+  return _row('blocked_lm_head',
+              f'blocked soft collision, lm_head ({d}, {n}), block_size={block}',
+              time_s=t, reference=f'3 matmuls in blocks of {block}',
+              reference_time_s=t_ref, temp=temp, memory_limit=MEMORY_LIMIT,
+              repeats=repeats, n=n, d=d, block_size=block,
+              reference_temp_bytes=temp_bytes(ref_c),
+              note='AOT-compiled, no warm-up call')
+
+
+def _mlp(sizes: Sequence[int], seed: int = 0):
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  keys = jax.random.split(jax.random.key(seed), len(sizes) - 1)
+  params = {}
+  for i, (k, fan_in, fan_out) in enumerate(zip(keys, sizes[:-1], sizes[1:])):
+    params[f'dense_{i}'] = {
+        'kernel': jax.random.normal(k, (fan_in, fan_out)) / math.sqrt(fan_in),
+        'bias': jnp.zeros((fan_out,)),
+    }
+  return params
+
+
+def _train_step(tx, n_layers: int):
+  import jax  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+
+  def loss_fn(params, x, y):
+    h = x
+    for i in range(n_layers):
+      layer = params[f'dense_{i}']
+      h = h @ layer['kernel'] + layer['bias']
+      if i < n_layers - 1:
+        h = jax.nn.relu(h)
+    return optax.softmax_cross_entropy_with_integer_labels(h, y).mean()
+
+  def step(params, opt_state, x, y):
+    loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  return jax.jit(step)
+
+
+def bench_train_step(sizes: Sequence[int], batch: int,
+                     repeats: int) -> dict[str, Any]:
+  """Row 5: MLP train step, AdamW + soft collision on the head vs AdamW."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import kinetix  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  params = _mlp(sizes)
+  n_layers = len(sizes) - 1
+  head = f'dense_{n_layers - 1}'
+  mask = {name: {'kernel': name == head, 'bias': False} for name in params}
+  kx, ky = jax.random.split(jax.random.key(7))
+  x = jax.random.normal(kx, (batch, sizes[0]))
+  y = jax.random.randint(ky, (batch,), 0, sizes[-1])
+  ko = optax.chain(kinetix.soft_collision(0.1, mask=mask), optax.adamw(1e-3))
+  base = optax.adamw(1e-3)
+  ko_args = (params, ko.init(params), x, y)
+  base_args = (params, base.init(params), x, y)
+  t, t_ref = compare_times(_train_step(ko, n_layers), ko_args,
+                           _train_step(base, n_layers), base_args,
+                           repeats=repeats)
+  arch = '-'.join(str(s) for s in sizes)
+  return _row('train_step',
+              f'MLP {arch} train step, batch {batch}, AdamW + soft on head',
+              time_s=t, reference='same step, plain AdamW',
+              reference_time_s=t_ref, target_ratio=1.02, repeats=repeats,
+              sizes=list(sizes), batch=batch)
+
+
+def bench_soft_vs_muon(n: int, repeats: int) -> dict[str, Any]:
+  """Row 6: soft collision vs ``optax.contrib.muon`` on one ``n×n`` matrix."""
+  import optax  # pylint: disable=g-import-not-at-top
+  w, g = _leaf_inputs(n, n)
+  soft, soft_args = _soft_args(w, g)
+  muon = optax.contrib.muon(learning_rate=1e-3)
+  params, grads = {'w': w}, {'w': g}
+  t, t_ref = compare_times(soft, soft_args, _update_fn(muon),
+                           (grads, muon.init(params), params), repeats=repeats)
+  return _row('soft_vs_muon', f'soft collision, N=D={n}', time_s=t,
+              reference='optax.contrib.muon(1e-3) update',
+              reference_time_s=t_ref, target_ratio=0.5, repeats=repeats,
+              n=n, d=n, note='muon: optax defaults (5 Newton-Schulz steps)')
+
+
+# --------------------------------------------------------------------------
+# The whole benchmark
+
+
+def _log(message: str, quiet: bool) -> None:
+  if not quiet:
+    print(f'[bench] {message}', file=sys.stderr, flush=True)
+
+
+def run_benchmarks(quick: bool, repeats: int, *,
+                   quiet: bool = True) -> list[dict[str, Any]]:
+  """All rows; ``quick`` uses tiny sizes (a smoke test, not real numbers)."""
+  big = max(1, min(repeats, 3))         # fewer repeats for the slow cases
+  if quick:
+    soft_sizes, hard_sizes, full_n, mem_n = (64, 128), (64, 128), 64, 128
+    disjoint_sizes, muon_n = (128,), 128
+    lm_head, lm_block, lm_repeats = (64, 5000), 512, 1
+    mlp, batch = (16, 64, 64, 10), 32
+  else:
+    soft_sizes, hard_sizes, full_n, mem_n = ((256, 1024, 2048),
+                                             (256, 1024, 2048), 1024, 2048)
+    disjoint_sizes, muon_n = (1024, 2048), 1024
+    lm_head, lm_block, lm_repeats = (768, 50257), 1024, 1
+    mlp, batch = (64, 512, 512, 10), 256
+
+  cases: list[tuple[tuple[str, str], Callable[[], dict[str, Any]]]] = []
+
+  def add(kind: str, label: str, case: Callable[[], dict[str, Any]]) -> None:
+    cases.append(((label, kind), case))
+
+  for n in soft_sizes:
+    add('soft_vs_matmuls', f'soft vs matmuls N={n}',
+        lambda n=n: bench_soft_vs_matmuls(n, repeats if n < 2048 else big))
+  for n in hard_sizes:
+    add('hard_vs_soft', f'hard (few accepted) N={n}',
+        lambda n=n: bench_hard_vs_soft(n, repeats if n < 2048 else big,
+                                       accepted='few', memory=n == mem_n))
+  full_note = ('' if quick else
+               'timed at N=D=1024: at 2048 the N²/2 pairs × D directions make '
+               'one call ~8× longer (about a minute) on a CPU')
+  add('hard_vs_soft', f'hard (all accepted) N={full_n}',
+      lambda: bench_hard_vs_soft(full_n, big, accepted='all', note=full_note))
+  for n in disjoint_sizes:
+    for ref, axis in (('normal', -1), ('adamw', -1), ('normal', 0)):
+      add('disjoint_vs_floor', f'disjoint vs {ref} N={n} neuron_axis={axis}',
+          lambda n=n, ref=ref, axis=axis: bench_disjoint(
+              n, repeats, reference=ref, neuron_axis=axis))
+  add('train_step', 'train step',
+      lambda: bench_train_step(mlp, batch, max(repeats, 15)))
+  add('soft_vs_muon', f'soft vs muon N={muon_n}',
+      lambda: bench_soft_vs_muon(muon_n, repeats))
+  add('blocked_lm_head', f'blocked lm_head {lm_head}',
+      lambda: bench_blocked_lm_head(*lm_head, lm_block, repeats=lm_repeats))
+
+  rows = []
+  for (label, kind), case in cases:
+    _log(f'{label} ...', quiet)
+    start = time.perf_counter()
+    try:
+      rows.append(case())
+    except Exception as e:  # pylint: disable=broad-except
+      # One broken case must not hide the others: record it as a failed row.
+      _log(f'{label}: FAILED: {type(e).__name__}: {e}', quiet)
+      rows.append(_error_row(kind, label, e))
+    _log(f'{label}: {time.perf_counter() - start:.1f} s', quiet)
+  order = {kind: i for i, kind in enumerate(KINDS)}
+  rows.sort(key=lambda r: order[r['kind']])    # stable: keeps sizes in order
+  return rows
+
+
+# --------------------------------------------------------------------------
+# Output
+
+
+def _fmt_time(seconds: float) -> str:
+  if seconds >= 1.0:
+    return f'{seconds:.2f} s'
+  if seconds >= 1e-3:
+    return f'{seconds * 1e3:.2f} ms'
+  return f'{seconds * 1e6:.1f} µs'
+
+
+def _fmt_bytes(value: int | None) -> str:
+  if value is None:
+    return '—'
+  if value >= GIB:
+    return f'{value / GIB:.2f} GiB'
+  return f'{value / (1 << 20):.1f} MiB'
+
+
+def device_name() -> str:
+  import jax  # pylint: disable=g-import-not-at-top
+  dev = jax.devices()[0]
+  return (f'{dev.platform} ({dev.device_kind}), {len(jax.devices())} '
+          f'device(s), {os.cpu_count()} CPU cores')
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+  """The Markdown table of the rows."""
+  body = []
+  for r in rows:
+    holds = {True: 'yes', False: 'no', None: '—'}[r['holds']]
+    case = r['case'] + (f" ({r['note']})" if r.get('note') else '')
+    if r.get('error'):
+      body.append((case, '—', '—', '—', '—', '—', r['target'], holds))
+      continue
+    body.append((case, _fmt_time(r['time_s']), r['reference'],
+                 _fmt_time(r['reference_time_s']), f"{r['ratio']:.3f}×",
+                 _fmt_bytes(r['temp_bytes']), r['target'] or '—', holds))
+  return _common.markdown_table(HEADER, body)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument(
+      '--quick', action='store_true',
+      help='tiny sizes for a smoke test (CI): seconds, not meaningful numbers')
+  parser.add_argument('--repeats', type=_common.positive_int, default=None,
+                      help='timed samples per measurement, median reported; '
+                           'unset: 7, or 3 with --quick (the largest cases '
+                           'use at most 3)')
+  parser.add_argument('--json', type=pathlib.Path, default=None,
+                      help='write the environment and the rows to this JSON')
+  parser.add_argument('--out', type=pathlib.Path, default=None,
+                      help='also write bench.json and bench.md to this '
+                           'directory')
+  parser.add_argument('--quiet', action='store_true',
+                      help='no per-case progress lines on stderr')
+
+
+def run(args: argparse.Namespace) -> int:
+  """Runs every case, prints the table; 0, or 1 if a case raised."""
+  repeats = args.repeats or (3 if args.quick else 7)
+  start = time.perf_counter()
+  rows = run_benchmarks(args.quick, repeats, quiet=args.quiet)
+  elapsed = time.perf_counter() - start
+  device = device_name()
+  table = format_table(rows)
+  held = [r for r in rows if r['holds'] is not None]
+  failed = [r['case'] for r in rows if r.get('error')]
+  summary = (f"{sum(r['holds'] for r in held)}/{len(held)} targets hold; "
+             f'{elapsed:.0f} s in all'
+             + (f"; FAILED: {', '.join(failed)}" if failed else '')
+             + (' (--quick: tiny sizes, not meaningful)' if args.quick
+                else ''))
+  text = (f'Device: {device}; repeats: {repeats} (median; the largest cases '
+          f'fewer)\n\n{table}\n{NOTES}\n\n{summary}\n')
+  print(text, end='')
+  result = {'environment': _common.environment(), 'device': device,
+            'quick': bool(args.quick), 'repeats': repeats,
+            'elapsed_s': elapsed, 'rows': rows}
+  if args.json is not None:
+    _common.write_json(args.json, result)
+  if args.out is not None:
+    _common.write_json(args.out / 'bench.json', result)
+    _common.write_text(args.out / 'bench.md', text)
+  return 1 if failed else 0
