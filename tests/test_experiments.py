@@ -1,0 +1,156 @@
+"""Smoke tests of ``python -m kinetix``: help, the experiments, bad options."""
+
+import json
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from kinetix import __main__ as cli
+from kinetix.experiments import digits
+
+_PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
+
+
+def _numbers(obj):
+  """Every int/float in a JSON-like tree (bools excluded)."""
+  if isinstance(obj, dict):
+    for v in obj.values():
+      yield from _numbers(v)
+  elif isinstance(obj, list):
+    for v in obj:
+      yield from _numbers(v)
+  elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+    yield obj
+
+
+def _check_outputs(out, name):
+  """The JSON/Markdown/PNG of one experiment; returns the parsed JSON."""
+  for suffix in ('json', 'md', 'png'):
+    path = out / f'{name}.{suffix}'
+    assert path.is_file() and path.stat().st_size > 0, path
+  assert (out / f'{name}.png').read_bytes()[:8] == _PNG_MAGIC
+  result = json.loads((out / f'{name}.json').read_text())
+  numbers = list(_numbers(result))
+  assert numbers and all(math.isfinite(x) for x in numbers)
+  assert result['quick'] is True
+  assert 'jax' in result['environment']
+  assert 'settings' in result
+  assert '| --- |' in (out / f'{name}.md').read_text()
+  return result
+
+
+def test_help_lists_all_commands(capsys):
+  with pytest.raises(SystemExit) as exc:
+    cli.main(['--help'])
+  assert exc.value.code == 0
+  printed = capsys.readouterr().out
+  for name in ('condensation', 'digits', 'bench'):
+    assert name in printed
+  parser, module = cli.build_parser([])
+  assert module is None
+  assert all(name in parser.format_help()
+             for name in ('condensation', 'digits', 'bench'))
+
+
+def test_no_command_prints_help_and_fails(capsys):
+  assert cli.main([]) != 0
+  assert 'digits' in capsys.readouterr().out
+
+
+def test_digits_help_has_its_options(capsys):
+  with pytest.raises(SystemExit) as exc:
+    cli.main(['digits', '--help'])
+  assert exc.value.code == 0
+  printed = capsys.readouterr().out
+  for option in ('--models', '--optimizers', '--methods', '--epochs',
+                 '--coll-coef', '--quick', '--seeds', '--out'):
+    assert option in printed
+
+
+def test_condensation_quick(tmp_path, capsys):
+  out = tmp_path / 'condensation'
+  assert cli.main(['condensation', '--quick', '--no-progress', '--out',
+                   str(out)]) == 0
+  result = _check_outputs(out, 'condensation')
+  assert set(result['results']) == {'tanh', 'xtanh'}
+  assert 'wrote' in capsys.readouterr().out
+
+
+def test_digits_quick(tmp_path, capsys):
+  out = tmp_path / 'digits'
+  assert cli.main(['digits', '--quick', '--no-progress', '--out',
+                   str(out)]) == 0
+  result = _check_outputs(out, 'digits')
+  assert result['settings']['epochs'] == 2
+  assert result['settings']['seeds'] == 2
+  assert result['data'] == {'train': 1257, 'test': 540, 'features': 64,
+                            'classes': 10}
+  rows = result['results']
+  assert {(r['model'], r['optimizer'], r['method']) for r in rows} == {
+      (m, o, c) for m in digits.MODELS for o in digits.OPTIMIZERS
+      for c in digits.METHODS}
+  for r in rows:
+    assert len(r['test_accuracy']['per_seed']) == 2
+    # Two epochs already beat chance (10 %) by far.
+    assert 0.5 < r['test_accuracy']['mean'] <= 1.0
+    assert 0.0 <= r['head_mean_abs_cos']['mean'] <= r['head_max_abs_cos'][
+        'mean'] <= 1.0
+    assert r['final_train_loss']['mean'] > 0.0
+    assert len(r['epoch_test_accuracy_mean']) == 2
+    assert ('accepted_fraction' in r) == (r['method'] == 'hard')
+    if r['method'] == 'hard':
+      assert 0.0 <= r['accepted_fraction']['mean'] <= 1.0
+  printed = capsys.readouterr().out
+  assert '| MLP | AdamW | no collision |' in printed
+  assert '| CNN | SGD | + hard |' in printed
+
+
+def test_digits_split_is_stratified_and_standardised():
+  x_train, y_train, x_test, y_test = digits.load_data()
+  assert x_train.shape == (1257, 64) and x_test.shape == (540, 64)
+  assert x_train.dtype == np.float32 and y_train.dtype == np.int32
+  np.testing.assert_allclose(x_train.mean(axis=0), 0.0, atol=1e-5)
+  train_frac = np.bincount(y_train) / len(y_train)
+  test_frac = np.bincount(y_test) / len(y_test)
+  np.testing.assert_allclose(train_frac, test_frac, atol=0.01)
+
+
+def test_digits_conv_matches_lax_conv():
+  kx, kk = jax.random.split(jax.random.key(0))
+  x = jax.random.normal(kx, (3, 8, 8, 4))
+  kernel = jax.random.normal(kk, (3, 3, 4, 5))
+  expected = jax.lax.conv_general_dilated(
+      x, kernel, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      precision=jax.lax.Precision.HIGHEST)
+  np.testing.assert_allclose(digits.conv3x3(x, kernel), expected, rtol=1e-4,
+                             atol=1e-4)
+
+
+@pytest.mark.parametrize('argv', [
+    ['digits', '--epochs', '0'],
+    ['digits', '--seeds', 'two'],
+    ['digits', '--no-such-option'],
+    ['condensation', '--steps', '-3'],
+    ['no-such-command'],
+])
+def test_bad_option_exits_nonzero(argv, tmp_path, capsys):
+  with pytest.raises(SystemExit) as exc:
+    cli.main(argv + ['--out', str(tmp_path)])
+  assert exc.value.code not in (0, None)
+  assert 'error' in capsys.readouterr().err
+  assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize('argv', [
+    ['digits', '--models', 'resnet'],
+    ['digits', '--methods', 'soft,bogus'],
+    ['digits', '--coll-coef', '1.5'],
+    ['condensation', '--activations', 'nope'],
+])
+def test_bad_value_returns_nonzero(argv, tmp_path, capsys):
+  assert cli.main(argv + ['--quick', '--no-progress', '--out',
+                          str(tmp_path)]) != 0
+  assert 'kinetix' in capsys.readouterr().out
+  assert not any(tmp_path.iterdir())
