@@ -60,6 +60,13 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
   return mean, std
 
 
+def seed_stats(values: Sequence[float]) -> dict[str, Any]:
+  """``{'mean', 'std', 'per_seed'}`` of per-seed numbers, for the JSON."""
+  vals = [float(v) for v in values]
+  mean, std = mean_std(vals)
+  return {'mean': mean, 'std': std, 'per_seed': vals}
+
+
 def fmt_mean_std(values: Sequence[float], digits: int = 3,
                  scale: float = 1.0) -> str:
   mean, std = mean_std([scale * v for v in values])

@@ -235,12 +235,6 @@ def run_experiment(settings: Settings, *, progress: bool = False
 # Summaries, tables, figures
 
 
-def _stat(values) -> dict[str, Any]:
-  vals = [float(v) for v in values]
-  mean, std = _common.mean_std(vals)
-  return {'mean': mean, 'std': std, 'per_seed': vals}
-
-
 def summarize(results, settings: Settings) -> dict[str, Any]:
   """JSON-able numbers: per activation and method, mean ± std over seeds."""
   table: dict[str, Any] = {}
@@ -248,16 +242,18 @@ def summarize(results, settings: Settings) -> dict[str, Any]:
     table[activation] = {}
     for method, r in by_method.items():
       entry = {
-          'max_abs_cos': _stat(r['max_abs_cos'][:, -1]),
-          'mean_abs_cos': _stat(r['mean_abs_cos'][:, -1]),
-          'final_loss': _stat(r['final_loss']),
-          'init_mean_abs_cos': _stat(r['mean_abs_cos'][:, 0]),
+          'max_abs_cos': _common.seed_stats(r['max_abs_cos'][:, -1]),
+          'mean_abs_cos': _common.seed_stats(r['mean_abs_cos'][:, -1]),
+          'final_loss': _common.seed_stats(r['final_loss']),
+          'init_mean_abs_cos': _common.seed_stats(r['mean_abs_cos'][:, 0]),
           'seconds': float(r['seconds']),
       }
       if method != 'adam':
-        entry['relative_change'] = _stat(r['relative_change'].mean(axis=1))
+        entry['relative_change'] = _common.seed_stats(
+            r['relative_change'].mean(axis=1))
       if method == 'hard':
-        entry['accepted_fraction'] = _stat(r['accepted_fraction'].mean(axis=1))
+        entry['accepted_fraction'] = _common.seed_stats(
+            r['accepted_fraction'].mean(axis=1))
       table[activation][method] = entry
   return {'settings': dataclasses.asdict(settings), 'results': table}
 

@@ -353,12 +353,6 @@ def run_experiment(settings: Settings, *, progress: bool = False,
 # Summaries, tables, figures
 
 
-def _stat(values) -> dict[str, Any]:
-  vals = [float(v) for v in values]
-  mean, std = _common.mean_std(vals)
-  return {'mean': mean, 'std': std, 'per_seed': vals}
-
-
 def summarize(results, settings: Settings) -> dict[str, Any]:
   """JSON-able numbers: one entry per configuration, mean ± std over seeds."""
   rows = []
@@ -367,19 +361,19 @@ def summarize(results, settings: Settings) -> dict[str, Any]:
         'model': model,
         'optimizer': optimizer,
         'method': method,
-        'test_accuracy': _stat(r['test_accuracy']),
-        'train_accuracy': _stat(r['train_accuracy']),
-        'final_train_loss': _stat(r['final_train_loss']),
-        'head_max_abs_cos': _stat(r['max_abs_cos']),
-        'head_mean_abs_cos': _stat(r['mean_abs_cos']),
-        'head_init_mean_abs_cos': _stat(r['init_mean_abs_cos']),
+        'test_accuracy': _common.seed_stats(r['test_accuracy']),
+        'train_accuracy': _common.seed_stats(r['train_accuracy']),
+        'final_train_loss': _common.seed_stats(r['final_train_loss']),
+        'head_max_abs_cos': _common.seed_stats(r['max_abs_cos']),
+        'head_mean_abs_cos': _common.seed_stats(r['mean_abs_cos']),
+        'head_init_mean_abs_cos': _common.seed_stats(r['init_mean_abs_cos']),
         'epoch_loss_mean': [float(v) for v in r['epoch_loss'].mean(axis=0)],
         'epoch_test_accuracy_mean': [
             float(v) for v in r['epoch_test_accuracy'].mean(axis=0)],
         'seconds': float(r['seconds']),
     }
     if method == 'hard':
-      entry['accepted_fraction'] = _stat(r['accepted_fraction'])
+      entry['accepted_fraction'] = _common.seed_stats(r['accepted_fraction'])
     rows.append(entry)
   x_train, _, x_test, _ = load_data(settings.test_fraction, settings.data_seed)
   return {'settings': dataclasses.asdict(settings),
