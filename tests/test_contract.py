@@ -9,7 +9,6 @@ visible NaNs and an Orbax checkpoint round trip mid-training.
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
