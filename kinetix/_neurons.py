@@ -28,11 +28,20 @@ HIGHEST = jax.lax.Precision.HIGHEST
 
 
 class Layout(NamedTuple):
-  """How one leaf maps to ``(L, N, D)``: a permutation and the three sizes."""
-  perm: tuple[int, ...]       # axes order: layer axes, neuron axis, features
-  layers: int                 # L
-  neurons: int                # N
-  features: int               # D
+  """How one leaf maps to ``L`` layers of ``N`` neurons with ``D`` features.
+
+  The axes are dimension numbers on the leaf as it is (no transpose):
+  ``layer_axes`` are batch dimensions of the Gram products, ``feature_axes``
+  their contracting dimensions and ``neuron_axis`` the free one, as Optax's
+  Muon describes its matrices with ``MuonDimensionNumbers``.
+  """
+  perm: tuple[int, ...]          # layer axes, neuron axis, feature axes
+  layers: int                    # L
+  neurons: int                   # N
+  features: int                  # D
+  neuron_axis: int = 0           # normalised (non-negative)
+  layer_axes: tuple[int, ...] = ()     # normalised, in the given order
+  feature_axes: tuple[int, ...] = ()   # normalised, ascending
 
 
 def _normalize_axis(axis: int, ndim: int, name: str, path: str,
@@ -81,7 +90,8 @@ def layout(shape: tuple[int, ...], neuron_axis: int,
         f'default mask) or exclude this one from the mask.')
   layers = math.prod(shape[a] for a in l_axes)
   features = math.prod(shape[a] for a in feat)
-  return Layout(l_axes + (n_ax,) + feat, layers, shape[n_ax], features)
+  return Layout(l_axes + (n_ax,) + feat, layers, shape[n_ax], features,
+                n_ax, l_axes, feat)
 
 
 def to_neurons(x: jax.Array, lay: Layout, dtype: Any) -> jax.Array:
@@ -148,24 +158,127 @@ def resolve_mask(mask: Any, params: Any, treedef: Any,
 
 
 # --------------------------------------------------------------------------
-# Geometry
+# Scale-safe norms
 
 
-def pairwise_distances(x: jax.Array) -> jax.Array:
+def pow2_floor(m: jax.Array) -> jax.Array:
+  """``2^floor(log2 m)`` for positive finite ``m``; 1 elsewhere.
+
+  Dividing by a power of two is exact, so rescaling by it changes no result
+  bit while keeping squares of huge (> 1e19) or tiny (< 1e-19) float32
+  values from overflowing or underflowing.
+  """
+  _, e = jnp.frexp(m)
+  s = jnp.ldexp(jnp.ones_like(m), e - 1)
+  return jax.lax.stop_gradient(
+      jnp.where((m > 0) & jnp.isfinite(m), s, jnp.ones_like(m)))
+
+
+def max_abs_scale(x: jax.Array, axis: Any = None) -> jax.Array:
+  """:func:`pow2_floor` of ``max|x|`` over ``axis`` (kept as size-1 axes)."""
+  return pow2_floor(jnp.max(jnp.abs(x), axis=axis, keepdims=True))
+
+
+def safe_norm(x: jax.Array, axis: Any = -1, keepdims: bool = False):
+  """``|x|`` over ``axis`` with a finite gradient at 0 (double ``where``).
+
+  ``x`` must already be scaled to O(1) (e.g. by :func:`max_abs_scale`).
+  """
+  s = jnp.sum(x * x, axis=axis, keepdims=keepdims)
+  pos = s > 0
+  return jnp.where(pos, jnp.sqrt(jnp.where(pos, s, jnp.ones_like(s))), 0.0)
+
+
+# --------------------------------------------------------------------------
+# The leaf's own layout: dimension numbers instead of transposes
+
+
+def unit_rows(x: jax.Array, lay: Layout) -> jax.Array:
+  """Each neuron of ``x`` (leaf layout) divided by its norm; zero rows stay 0.
+
+  Rows are first divided by the power of two below their max-abs, so the
+  result does not depend on the overall scale (no over/underflow of the
+  squares) and a zero row gives 0 with finite gradients, never a NaN.
+  """
+  y = x / max_abs_scale(x, lay.feature_axes)
+  n = safe_norm(y, lay.feature_axes, keepdims=True)
+  return y / jnp.where(n > 0, n, jnp.ones_like(n))
+
+
+def gram(a: jax.Array, b: jax.Array, lay: Layout,
+         precision: Any = None) -> jax.Array:
+  """``a_i · b_j`` over the feature axes, batched over the layer axes.
+
+  ``a`` and ``b`` are in the leaf layout (``a`` may hold a slice of the
+  neurons). Returns ``(*layer dims, N_a, N_b)``: one ``dot_general``, no
+  transpose of either operand.
+  """
+  dims = ((lay.feature_axes, lay.feature_axes),
+          (lay.layer_axes, lay.layer_axes))
+  return jax.lax.dot_general(a, b, dims, precision=precision)
+
+
+def mix_order(lay: Layout, ndim: int) -> tuple[tuple[int, ...], bool]:
+  """The axis order :func:`mix` produces and whether it is ``s`` first.
+
+  ``S·g`` gives ``(layers, neurons, features)`` and ``g·Sᵀ`` gives
+  ``(layers, features, neurons)``: pick the one that is already the leaf's
+  order, so that no transpose is needed (Flax ``(in, out)`` kernels and
+  PyTorch-style ``(out, in)`` matrices both qualify).
+  """
+  s_first = lay.layer_axes + (lay.neuron_axis,) + lay.feature_axes
+  g_first = lay.layer_axes + lay.feature_axes + (lay.neuron_axis,)
+  if s_first == tuple(range(ndim)):
+    return s_first, True
+  return g_first, False
+
+
+def mix(s: jax.Array, g: jax.Array, lay: Layout) -> jax.Array:
+  """``Σ_j s_ij g_j`` for ``s`` of shape ``(*layer dims, N_i, N)``.
+
+  Returned in :func:`mix_order` (the leaf's order whenever possible; see
+  :func:`to_leaf_order`).
+  """
+  nl = len(lay.layer_axes)
+  batch_s = tuple(range(nl))
+  if mix_order(lay, g.ndim)[1]:
+    dims = (((s.ndim - 1,), (lay.neuron_axis,)), (batch_s, lay.layer_axes))
+    return jax.lax.dot_general(s, g, dims)
+  dims = (((lay.neuron_axis,), (s.ndim - 1,)), (lay.layer_axes, batch_s))
+  return jax.lax.dot_general(g, s, dims)
+
+
+def to_leaf_order(y: jax.Array, lay: Layout) -> jax.Array:
+  """Moves an array in :func:`mix_order` back to the leaf's axis order."""
+  order, _ = mix_order(lay, y.ndim)
+  if order == tuple(range(y.ndim)):
+    return y
+  return jnp.transpose(y, tuple(np.argsort(order)))
+
+
+# --------------------------------------------------------------------------
+# Geometry of (N, D) rows
+
+
+def pairwise_distances(
+    x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
   """``|x_i − x_j|`` for the rows of ``x`` (N×D) from a Gram matrix.
 
   Rows are centred first (distances are translation invariant), which removes
   most of the cancellation in ``|x_i|² + |x_j|² − 2 x_i·x_j`` for the
   near-duplicate neurons KO is about; the Gram product runs at HIGHEST
   precision (TF32/bf16 passes would otherwise dominate the error on GPU/TPU).
-  Returns ``(distances (N, N) with an exact zero diagonal, centred Gram)``.
+  ``x`` must be scaled to O(1) by the caller (see :func:`max_abs_scale`).
+  Returns ``(distances (N, N) with an exact zero diagonal, centred rows,
+  centred Gram)``.
   """
   xc = x - jnp.mean(x, axis=0, keepdims=True)
-  gram = jnp.matmul(xc, xc.T, precision=HIGHEST)
-  sq = jnp.diagonal(gram)
-  d2 = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * gram, 0.0)
-  d = jnp.sqrt(d2)
-  return d * (1.0 - jnp.eye(x.shape[0], dtype=x.dtype)), xc, gram
+  g = jnp.matmul(xc, xc.T, precision=HIGHEST)
+  sq = jnp.diagonal(g)
+  d2 = sq[:, None] + sq[None, :] - 2.0 * g
+  pos = d2 > 0
+  d = jnp.where(pos, jnp.sqrt(jnp.where(pos, d2, 1.0)), 0.0)
+  return d * (1.0 - jnp.eye(x.shape[0], dtype=x.dtype)), xc, g
 
 
 def cosines_from_centred_gram(x: jax.Array, xc: jax.Array,
@@ -173,16 +286,23 @@ def cosines_from_centred_gram(x: jax.Array, xc: jax.Array,
   """``cos(x_i, x_j)`` recovered from the centred Gram in O(N·D) extra work."""
   mu = jnp.mean(x, axis=0)
   a = xc @ mu
-  gram = gram_c + a[:, None] + a[None, :] + jnp.dot(mu, mu)
-  norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
-  denom = jnp.maximum(norms[:, None] * norms[None, :], 1e-30)
-  return jnp.where((norms[:, None] > 0) & (norms[None, :] > 0), gram / denom,
-                   0.0)
+  g = gram_c + a[:, None] + a[None, :] + jnp.dot(mu, mu)
+  sq = jnp.maximum(jnp.diagonal(g), 0.0)
+  pos = sq > 0
+  norms = jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
+  both = pos[:, None] & pos[None, :]
+  denom = jnp.where(both, norms[:, None] * norms[None, :], 1.0)
+  return jnp.where(both, g / denom, 0.0)
 
 
-def row_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-  """Rows divided by ``max(|x_i|, eps)`` (PyTorch ``F.normalize``)."""
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+def row_normalize(x: jax.Array) -> jax.Array:
+  """Rows of an ``(..., D)`` array divided by their norm; zero rows stay 0.
+
+  Scale-safe and NaN-free in value and gradient (see :func:`unit_rows`).
+  """
+  y = x / max_abs_scale(x, -1)
+  n = safe_norm(y, -1, keepdims=True)
+  return y / jnp.where(n > 0, n, jnp.ones_like(n))
 
 
 def unit_directions(keys: jax.Array, dim: int, dtype: Any) -> jax.Array:
@@ -214,12 +334,6 @@ def row_blocks(n: int, block: int) -> tuple[int, int]:
 
 def pad_rows(x: jax.Array, size: int) -> jax.Array:
   return jnp.pad(x, ((0, size - x.shape[0]),) + ((0, 0),) * (x.ndim - 1))
-
-
-def tile_pairs(nb: int) -> tuple[np.ndarray, np.ndarray]:
-  """Static lists of block pairs ``(p, q)`` with ``p <= q``."""
-  p, q = np.triu_indices(nb)
-  return p.astype(np.int32), q.astype(np.int32)
 
 
 def map_row_blocks(fn: Callable[[jax.Array], Any], n: int,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numbers
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -178,50 +178,68 @@ def check_floating(name: str, params: Any) -> None:
           f'to leave integer leaves out).')
 
 
-def _explicit_mesh() -> bool:
-  """Whether the current (abstract) mesh has Explicit axes."""
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh is None or mesh.empty:
-    return False
-  return any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types)
+def _is_explicit(mesh: Any) -> bool:
+  return (mesh is not None and not mesh.empty and any(
+      t == jax.sharding.AxisType.Explicit for t in mesh.axis_types))
 
 
-def call_per_leaf(fn: Callable[..., Any], like: Any, *args: Any,
-                  n_scalars: int = 0) -> Any:
-  """``fn(*args) -> (array like `like`, scalar_1, ..., scalar_n)``.
+def explicit_mesh(*xs: Any) -> Any:
+  """The mesh with Explicit axes that ``xs`` live on, or ``None``.
 
-  Under a mesh with Explicit axes (sharding in types), the neuron layout's
-  transposes and reshapes of a sharded leaf have no single well-typed
-  sharding. There ``fn`` runs with those axes switched to Auto
-  (``jax.sharding.auto_axes``): GSPMD chooses the communication (e.g. one
-  all-reduce of the Gram matrices for a feature-sharded soft collision), and
-  the result comes back with the sharding of ``like``; the scalars
-  replicated. Elsewhere ``fn`` is called directly.
+  The context mesh (``jax.set_mesh``) when it has Explicit axes; otherwise
+  the mesh carried in the type of any of ``xs``: ``jax.make_mesh`` creates
+  Explicit axes by default, and arrays put on such a mesh carry it in their
+  type (``jax.typeof(x).sharding``) even when no mesh context is set.
   """
-  if not _explicit_mesh():
-    return fn(*args)
-  spec = jax.typeof(like).sharding.spec
-  out = (spec,) + (jax.sharding.PartitionSpec(),) * n_scalars
-  return jax.sharding.auto_axes(fn, out_sharding=out)(*args)
+  mesh = jax.sharding.get_abstract_mesh()
+  if _is_explicit(mesh):
+    return mesh
+  for leaf in jax.tree.leaves(xs):
+    try:
+      sharding = jax.typeof(leaf).sharding
+    except (TypeError, AttributeError):
+      continue
+    mesh = getattr(sharding, 'mesh', None)
+    if _is_explicit(mesh):
+      return mesh
+  return None
 
 
-def call_for_scalars(fn: Callable[..., Any], *args: Any,
-                     n_scalars: int) -> Any:
-  """``fn(*args) -> (scalar_1, ..., scalar_n)``; see :func:`call_per_leaf`."""
-  if not _explicit_mesh():
+def call_with_auto_axes(fn: Callable[..., Any], out_like: Sequence[Any],
+                        *args: Any) -> Any:
+  """``fn(*args)``, whose outputs are sharded like ``out_like``.
+
+  ``out_like`` has one entry per output of ``fn``: an array whose sharding
+  that output takes, or ``None`` for a replicated scalar. On a mesh with
+  Explicit axes (sharding in types), the neuron layout's dot products and
+  gathers of a sharded leaf have no single well-typed sharding. There ``fn``
+  runs with those axes switched to Auto (``jax.sharding.auto_axes``): GSPMD
+  chooses the communication (e.g. one all-reduce of the Gram matrices for a
+  feature-sharded soft collision). The mesh comes from the context or, when
+  no ``jax.set_mesh`` is active, from the arguments' types. Elsewhere ``fn``
+  is called directly.
+  """
+  mesh = explicit_mesh(*args)
+  if mesh is None:
     return fn(*args)
-  out = (jax.sharding.PartitionSpec(),) * n_scalars
-  return jax.sharding.auto_axes(fn, out_sharding=out)(*args)
+  replicated = jax.sharding.PartitionSpec()
+  specs = tuple(replicated if o is None else jax.typeof(o).sharding.spec
+                for o in out_like)
+  call = jax.sharding.auto_axes(fn, out_sharding=specs)
+  if _is_explicit(jax.sharding.get_abstract_mesh()):
+    return call(*args)
+  with jax.sharding.use_abstract_mesh(mesh):
+    return call(*args)
 
 
 def sharding_like(x: Any) -> Any:
   """``out_sharding`` for an array drawn to match ``x`` (None off Explicit).
 
-  Under a mesh with Explicit axes, random draws and constants are created
+  On a mesh with Explicit axes, random draws and constants are created
   replicated unless told otherwise; pass this as ``out_sharding`` so they
   carry ``x``'s sharding (the values do not depend on it: JAX's threefry is
   partitionable).
   """
-  if not _explicit_mesh():
+  if explicit_mesh(x) is None:
     return None
   return jax.typeof(x).sharding

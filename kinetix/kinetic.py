@@ -15,7 +15,6 @@ References:
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import jax
@@ -28,8 +27,6 @@ from kinetix import _utils
 
 PAIRINGS = ('all', 'disjoint')
 
-# Default tile for the exact all-pairs fallback: b² · D floats per live tile.
-_TILE_FLOATS = 1 << 22
 
 
 class SoftCollisionState(NamedTuple):
@@ -123,12 +120,19 @@ def _mean_abs_offdiag(cos: jax.Array) -> tuple[jax.Array, jax.Array]:
 # Soft collision
 
 
-def _soft_layer(w, g, coef, min_similarity, *, include_self: bool,
-                block_size: int | None):
-  """Alg. 2 on one (N, D) layer: returns ``(Δg, Σ|cos_w| off-diagonal)``."""
-  n = w.shape[0]
-  wn = _neurons.row_normalize(w)
-  gn = _neurons.row_normalize(g)
+def _soft_leaf(w, g, coef, min_similarity, lay: _neurons.Layout, *,
+               include_self: bool, block_size: int | None):
+  """Alg. 2 on one leaf in its own layout: ``(new g, Σ|cos_w| off-diagonal)``.
+
+  The Gram matrices contract the feature axes in place and ``S·g`` contracts
+  the neuron axis in place (``jax.lax.dot_general`` with the layer axes as
+  batch dimensions), so the leaf is never transposed: the cost is the three
+  ``N×N×D`` products plus O(N·D) elementwise work.
+  """
+  n = lay.neurons
+  nl = len(lay.layer_axes)
+  wn = _neurons.unit_rows(w, lay)
+  gn = _neurons.unit_rows(g, lay)
 
   def coefficients(cw, cg, rows, cols):
     s = cw * cg
@@ -138,31 +142,73 @@ def _soft_layer(w, g, coef, min_similarity, *, include_self: bool,
       s = jnp.where(rows[:, None] == cols[None, :], 0.0, s)
     return s
 
-  cols = jnp.arange(n)
+  cols = jnp.arange(n, dtype=jnp.int32)
   if block_size is None or block_size >= n:
-    cw = wn @ wn.T
-    cg = gn @ gn.T
+    cw = _neurons.gram(wn, wn, lay)
+    cg = _neurons.gram(gn, gn, lay)
     s = coefficients(cw, cg, cols, cols)
-    abs_cos, _ = _mean_abs_offdiag(cw)
-    return -coef * (s @ g), abs_cos
+    off = cols[:, None] != cols[None, :]
+    abs_cos = jnp.sum(jnp.where(off, jnp.abs(cw), 0.0))
+    rep = _neurons.mix(s, g, lay)
+  else:
+    # Row blocks of the coefficient matrix: only (block, N) of it is live.
+    # The last block is shifted back to end at N (no padding); rows it
+    # shares with the previous block are recomputed identically and left
+    # out of the statistics.
+    order, _ = _neurons.mix_order(lay, g.ndim)
+    out_axis = order.index(lay.neuron_axis)
+    nb = -(-n // block_size)
+    rep_shape = tuple(g.shape[a] for a in order)
 
-  # Row blocks: only a (block, N) slice of the coefficient matrix is live.
-  _, padded = _neurons.row_blocks(n, block_size)
-  wn_p = _neurons.pad_rows(wn, padded)
-  gn_p = _neurons.pad_rows(gn, padded)
+    def body(k, carry):
+      rep, abs_cos = carry
+      nominal = k * block_size
+      start = jnp.minimum(nominal, n - block_size)
+      rows = start + jnp.arange(block_size, dtype=jnp.int32)
+      wb = jax.lax.dynamic_slice_in_dim(wn, start, block_size, lay.neuron_axis)
+      gb = jax.lax.dynamic_slice_in_dim(gn, start, block_size, lay.neuron_axis)
+      cw = _neurons.gram(wb, wn, lay)
+      cg = _neurons.gram(gb, gn, lay)
+      s = coefficients(cw, cg, rows, cols)
+      keep = (rows >= nominal)[:, None] & (rows[:, None] != cols[None, :])
+      abs_cos = abs_cos + jnp.sum(jnp.where(keep, jnp.abs(cw), 0.0))
+      rep = jax.lax.dynamic_update_slice_in_dim(
+          rep, _neurons.mix(s, g, lay), start, out_axis)
+      return rep, abs_cos
 
-  def block(rows):
-    cw = jax.lax.dynamic_slice_in_dim(wn_p, rows[0], block_size) @ wn.T
-    cg = jax.lax.dynamic_slice_in_dim(gn_p, rows[0], block_size) @ gn.T
-    s = coefficients(cw, cg, rows, cols)
-    real = (rows < n)[:, None]
-    abs_cos = jnp.sum(jnp.where(real & (rows[:, None] != cols[None, :]),
-                                jnp.abs(cw), 0.0))
-    return s @ g, abs_cos
+    rep, abs_cos = jax.lax.fori_loop(
+        0, nb, body, (jnp.zeros(rep_shape, g.dtype), jnp.zeros([], g.dtype)))
+  del nl
+  return g - coef * _neurons.to_leaf_order(rep, lay), abs_cos
 
-  rep, abs_cos = _neurons.map_row_blocks(block, n, block_size)
-  rep = rep.reshape(padded, -1)[:n]
-  return -coef * rep, jnp.sum(abs_cos)
+
+def _scaled_sq_sums(new, u):
+  """``(e, |new − u|²/4^e, |u|²/4^e)`` with ``2^e`` the leaf's max-abs scale.
+
+  Summing squares of gradients beyond ~1e19 (or below ~1e-19) overflows (or
+  underflows) float32; :func:`_combine_sq_sums` adds leaves on one scale.
+  """
+  scale = _neurons.max_abs_scale(
+      jnp.maximum(jnp.max(jnp.abs(new)), jnp.max(jnp.abs(u))))
+  d = (new - u) / scale
+  x = u / scale
+  _, e = jnp.frexp(scale)
+  return (e.astype(jnp.int32) - 1, jnp.sum(d * d).astype(jnp.float32),
+          jnp.sum(x * x).astype(jnp.float32))
+
+
+def _relative_change(parts) -> jax.Array:
+  """``sqrt(Σ|Δ|² / Σ|u|²)`` from per-leaf :func:`_scaled_sq_sums`."""
+  if not parts:
+    return jnp.zeros([], jnp.float32)
+  es = jnp.stack([p[0] for p in parts])
+  top = jnp.max(es)
+  w = jnp.ldexp(jnp.ones_like(es, jnp.float32), 2 * (es - top))
+  d2 = jnp.sum(w * jnp.stack([p[1] for p in parts]))
+  g2 = jnp.sum(w * jnp.stack([p[2] for p in parts]))
+  pos = g2 > 0
+  return jnp.where(pos, jnp.sqrt(jnp.where(pos, d2 / jnp.where(pos, g2, 1.0),
+                                           1.0)), 0.0)
 
 
 def soft_collision(
@@ -271,43 +317,37 @@ def soft_collision(
                        f'tx.update(updates, state, params).')
     flat_u, flat_p, treedef, selected = _selected_leaves(
         name, updates, params, mask, n_ax, l_axes)
-    coef = _f32(_utils.resolve(coll_coef, state.count))
+    coef_raw = _utils.resolve(coll_coef, state.count)
     new_key, step_key = jax.random.split(state.key)
     out = [u for _, u in flat_u]
-    cos_sum, cos_n = _f32(0.0), 0
-    d2, g2 = _f32(0.0), _f32(0.0)
+    cos_sum, cos_n, sums = _f32(0.0), 0, []
     for leaf in selected:
       u, p, lay = out[leaf.index], flat_p[leaf.index], leaf.layout
       leaf_key = jax.random.fold_in(step_key, _utils.path_seed(leaf.path))
 
-      def leaf_update(u, p, leaf_key, coef, lay=lay):
+      def leaf_update(u, p, leaf_key, coef_raw, lay=lay):
         cdt = _utils.compute_dtype(u.dtype)
-        g = _neurons.to_neurons(u, lay, cdt)
-        w = _neurons.to_neurons(p, lay, cdt)
-        layer_fn = lambda w_, g_: _soft_layer(
-            w_, g_, coef.astype(cdt), min_similarity,
+        g, w = u.astype(cdt), p.astype(cdt)
+        new, abs_cos = _soft_leaf(
+            w, g, jnp.asarray(coef_raw, cdt), min_similarity, lay,
             include_self=include_self, block_size=block)
-        delta, abs_cos = jax.vmap(layer_fn)(w, g)
-        new = _neurons.from_neurons(g + delta, lay, u.shape, cdt)
         if not noise_off:
           new = new + jnp.asarray(noise_scale, cdt) * jax.random.normal(
               leaf_key, u.shape, cdt)
-        return (new.astype(u.dtype), jnp.sum(abs_cos).astype(jnp.float32),
-                jnp.sum(jnp.square(new - u.astype(cdt))).astype(jnp.float32),
-                jnp.sum(jnp.square(u.astype(cdt))).astype(jnp.float32))
+        return (new.astype(u.dtype), abs_cos.astype(jnp.float32),
+                *_scaled_sq_sums(new, g))
 
-      new, cos_leaf, d2_leaf, g2_leaf = _utils.call_per_leaf(
-          leaf_update, u, u, p, leaf_key, coef, n_scalars=3)
+      new, cos_leaf, *leaf_sums = _utils.call_with_auto_axes(
+          leaf_update, (u, None, None, None, None), u, p, leaf_key, coef_raw)
       out[leaf.index] = new
       cos_sum += cos_leaf
       cos_n += lay.layers * lay.neurons * (lay.neurons - 1)
-      d2 += d2_leaf
-      g2 += g2_leaf
+      sums.append(leaf_sums)
     new_state = SoftCollisionState(
         count=optax.safe_increment(state.count),
         key=new_key,
         mean_abs_cos=cos_sum / float(max(cos_n, 1)),
-        relative_change=jnp.sqrt(d2 / jnp.where(g2 > 0, g2, 1.0)))
+        relative_change=_relative_change(sums))
     return jax.tree_util.tree_unflatten(treedef, out), new_state
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -321,87 +361,99 @@ def _pair_delta(g, key, i, j, valid):
   """Collision changes of pairs ``(i, j)``, ``i < j``, scattered onto rows.
 
   For each valid pair, ``g_i += (g_j − g_i)/2 + ½|g_i − g_j| n_ij`` and
-  ``g_j`` gets exactly the negative, so Σ_i Δg_i = 0 pair by pair.
+  ``g_j`` gets exactly the negative, so Σ_i Δg_i = 0 pair by pair. Invalid
+  (padding) pairs contribute zero, with finite gradients.
   """
   diff = g[j] - g[i]
-  speed = jnp.linalg.norm(diff, axis=-1, keepdims=True)
+  speed = _neurons.safe_norm(diff, -1, keepdims=True)
   n = _neurons.unit_directions(_neurons.pair_keys(key, i, j), g.shape[1],
                                g.dtype)
   term = jnp.where(valid[:, None], 0.5 * diff + 0.5 * speed * n, 0.0)
   return jnp.zeros_like(g).at[i].add(term).at[j].add(-term)
 
 
-def _dense_pairs_delta(g, key, accept, tile):
-  """Exact all-pairs changes with one ``tile×tile×D`` block live at a time."""
-  n, d = g.shape
-  nb, padded = _neurons.row_blocks(n, tile)
-  g_p = _neurons.pad_rows(g, padded)
-  acc_p = jnp.pad(accept, ((0, padded - n), (0, padded - n)))
-  tp, tq = _neurons.tile_pairs(nb)
-  tp, tq = jnp.asarray(tp), jnp.asarray(tq)
-  local = jnp.arange(tile, dtype=jnp.int32)
-
-  def body(t, delta):
-    r0, c0 = tp[t] * tile, tq[t] * tile
-    ri, cj = r0 + local, c0 + local
-    gi = jax.lax.dynamic_slice_in_dim(g_p, r0, tile)
-    gj = jax.lax.dynamic_slice_in_dim(g_p, c0, tile)
-    acc = jax.lax.dynamic_slice(acc_p, (r0, c0), (tile, tile))
-    valid = acc & (ri[:, None] < cj[None, :])
-    diff = gj[None, :, :] - gi[:, None, :]
-    speed = jnp.linalg.norm(diff, axis=-1, keepdims=True)
-    ii = jnp.broadcast_to(ri[:, None], (tile, tile)).reshape(-1)
-    jj = jnp.broadcast_to(cj[None, :], (tile, tile)).reshape(-1)
-    n_dir = _neurons.unit_directions(_neurons.pair_keys(key, ii, jj), d,
-                                     g.dtype).reshape(tile, tile, d)
-    term = jnp.where(valid[..., None], 0.5 * diff + 0.5 * speed * n_dir, 0.0)
-    delta = jax.lax.dynamic_update_slice_in_dim(
-        delta, jax.lax.dynamic_slice_in_dim(delta, r0, tile) + term.sum(1), r0,
-        0)
-    delta = jax.lax.dynamic_update_slice_in_dim(
-        delta, jax.lax.dynamic_slice_in_dim(delta, c0, tile) - term.sum(0), c0,
-        0)
-    return delta
-
-  delta = jax.lax.fori_loop(0, tp.shape[0], body, jnp.zeros_like(g_p))
-  return delta[:n]
-
-
 def _acceptance(w, g, coef, distance_scale):
-  """Eq. 7: ``g_r·exp(−κ w_r)/max(g_r) > 1 − c`` (diagonal excluded)."""
+  """Eq. 7: ``g_r·exp(−κ w_r)/max(g_r) > 1 − c`` (diagonal excluded).
+
+  ``w`` and ``g`` are one layer's ``(N, D)`` rows; both are rescaled by a
+  power of two (exact) so that distances neither overflow nor underflow,
+  and ``w_r`` is scaled back for the distance kernel.
+  """
   n = w.shape[0]
-  w_r, wc, gram_w = _neurons.pairwise_distances(w)
-  g_r, _, _ = _neurons.pairwise_distances(g)
+  w_scale = _neurons.max_abs_scale(w)
+  w_r, wc, gram_w = _neurons.pairwise_distances(w / w_scale)
+  w_r = w_r * w_scale
+  g_r, _, _ = _neurons.pairwise_distances(g / _neurons.max_abs_scale(g))
   g_max = jnp.max(g_r)
   ratio = jnp.where(g_max > 0, g_r / jnp.where(g_max > 0, g_max, 1.0), 0.0)
   score = ratio * jnp.exp(-distance_scale * w_r)
   accept = (score > 1.0 - coef) & ~jnp.eye(n, dtype=bool)
-  cos = _neurons.cosines_from_centred_gram(w, wc, gram_w)
+  cos = _neurons.cosines_from_centred_gram(w / w_scale, wc, gram_w)
   return accept, _mean_abs_offdiag(cos)[0]
 
 
-def _hard_all_layer(w, g, key, coef, distance_scale, *, capacity: int,
-                    tile: int):
+def _first_at_least(lookup, size: int, targets):
+  """Smallest ``k`` in ``[0, size)`` with ``lookup(k) >= targets`` (binary
+  search over a non-decreasing ``lookup``, one gather per step and target)."""
+  lo = jnp.zeros_like(targets)
+  hi = jnp.full_like(targets, size - 1)
+
+  def step(_, bounds):
+    lo, hi = bounds
+    mid = (lo + hi) // 2
+    ge = lookup(mid) >= targets
+    return jnp.where(ge, lo, mid + 1), jnp.where(ge, mid, hi)
+
+  lo, _ = jax.lax.fori_loop(0, max(1, size.bit_length()), step, (lo, hi))
+  return lo
+
+
+def _accepted_chunk(row_end, row_rank, chunk, capacity: int, n: int):
+  """Accepted pairs ``(i, j)`` of ranks ``chunk·capacity + 1 ...``.
+
+  ``row_end[i]`` counts the accepted pairs in rows ``<= i`` of the upper
+  triangle and ``row_rank[i, j]`` those in row ``i`` up to column ``j``;
+  two binary searches find each pair in ``O(capacity·log N)`` with int32
+  counts up to ``N ≈ 65k``.
+  """
+  targets = chunk * capacity + jnp.arange(1, capacity + 1, dtype=jnp.int32)
+  valid = targets <= row_end[-1]
+  targets = jnp.where(valid, targets, 1)
+  i = _first_at_least(lambda k: row_end[k], n, targets)
+  before = jnp.where(i > 0, row_end[jnp.maximum(i - 1, 0)], 0)
+  j = _first_at_least(lambda k: row_rank[i, k], n, targets - before)
+  return i, j, valid & (i < j)
+
+
+def _hard_all_layer(w, g, key, coef, distance_scale, *, capacity: int):
+  """All-pairs hard collision of one ``(N, D)`` layer.
+
+  Cost ``O(N²)`` for the acceptance plus ``O(m·D)`` for the ``m`` accepted
+  pairs: they are collided in chunks of ``capacity`` (static trip count,
+  chunks past ``m`` skipped by ``lax.cond``), so there is no cliff past the
+  capacity. Each ``n_ij`` comes from the pair's own key: chunking changes
+  nothing but the rounding of the sums.
+  """
   n = w.shape[0]
   accept, abs_cos = _acceptance(w, g, coef, distance_scale)
   upper = jnp.triu(accept, 1)
-  m = jnp.sum(upper, dtype=jnp.int32)
-  total = n * (n - 1) // 2
+  row_rank = jnp.cumsum(upper, axis=1, dtype=jnp.int32)
+  row_end = jnp.cumsum(row_rank[:, -1], dtype=jnp.int32)
+  m = row_end[-1]
+  n_chunks = -(-(n * (n - 1) // 2) // capacity)
 
-  def sparse(_):
-    i, j = jnp.nonzero(upper, size=capacity, fill_value=0)
-    valid = jnp.arange(capacity) < m
-    return _pair_delta(g, key, i.astype(jnp.int32), j.astype(jnp.int32), valid)
+  def collide(chunk, delta):
+    i, j, valid = _accepted_chunk(row_end, row_rank, chunk, capacity, n)
+    return delta + _pair_delta(g, key, i, j, valid)
 
-  def dense(_):
-    return _dense_pairs_delta(g, key, upper, tile)
-
-  if capacity >= total:
-    delta = sparse(None)
-  elif capacity == 0:
-    delta = dense(None)
+  if n_chunks == 1:
+    delta = collide(0, jnp.zeros_like(g))
   else:
-    delta = jax.lax.cond(m <= capacity, sparse, dense, None)
+    delta = jax.lax.fori_loop(
+        0, n_chunks,
+        lambda c, d: jax.lax.cond(c * capacity < m, collide,
+                                  lambda _, d_: d_, c, d),
+        jnp.zeros_like(g))
   return delta, m, abs_cos
 
 
@@ -410,15 +462,23 @@ def _hard_all_layer(w, g, key, coef, distance_scale, *, capacity: int,
 
 
 def _hard_disjoint_layer(w, g, key, coef, distance_scale):
+  """A random perfect matching of the ``(N, D)`` rows, collided elastically.
+
+  The two gathered halves are materialised once (``optimization_barrier``)
+  so that every reduction reads contiguous rows, and the changes return to
+  neuron order with a second gather (the inverse permutation) rather than a
+  scatter.
+  """
   n, d = g.shape
   half = n // 2
   perm_key, dir_key = jax.random.split(key)
   perm = jax.random.permutation(perm_key, n)
   a, b = perm[0:2 * half:2], perm[1:2 * half:2]
-  ga, gb = g[a], g[b]
+  ga, gb, wa, wb = jax.lax.optimization_barrier((g[a], g[b], w[a], w[b]))
   diff = gb - ga
-  speed = jnp.linalg.norm(diff, axis=-1)
-  dist = jnp.linalg.norm(w[b] - w[a], axis=-1)
+  speed = _neurons.safe_norm(diff, -1)
+  w_scale = _neurons.max_abs_scale(w)
+  dist = _neurons.safe_norm((wb - wa) / w_scale, -1) * w_scale.reshape(())
   s_max = jnp.max(speed)
   ratio = jnp.where(s_max > 0, speed / jnp.where(s_max > 0, s_max, 1.0), 0.0)
   accept = ratio * jnp.exp(-distance_scale * dist) > 1.0 - coef
@@ -429,13 +489,15 @@ def _hard_disjoint_layer(w, g, key, coef, distance_scale):
   delta_a = jnp.where(accept[:, None],
                       0.5 * diff + 0.5 * speed[:, None] * n_dir, 0.0)
   in_perm = jnp.stack([delta_a, -delta_a], axis=1).reshape(2 * half, d)
-  in_perm = _neurons.pad_rows(in_perm, n)     # an odd neuron sits out
+  if n > 2 * half:                       # an odd neuron sits out
+    in_perm = jnp.concatenate([in_perm, jnp.zeros((1, d), g.dtype)])
   inverse = jnp.zeros(n, jnp.int32).at[perm].set(jnp.arange(n, dtype=jnp.int32))
   delta = in_perm[inverse]
-  wa, wb = w[a], w[b]
-  na, nb_ = jnp.linalg.norm(wa, axis=-1), jnp.linalg.norm(wb, axis=-1)
-  cos = jnp.sum(wa * wb, axis=-1) / jnp.maximum(na * nb_, 1e-30)
-  abs_cos = jnp.sum(jnp.where((na > 0) & (nb_ > 0), jnp.abs(cos), 0.0))
+  wa_s, wb_s = wa / w_scale, wb / w_scale
+  na, nb_ = _neurons.safe_norm(wa_s, -1), _neurons.safe_norm(wb_s, -1)
+  both = (na > 0) & (nb_ > 0)
+  cos = jnp.sum(wa_s * wb_s, axis=-1) / jnp.where(both, na * nb_, 1.0)
+  abs_cos = jnp.sum(jnp.where(both, jnp.abs(cos), 0.0))
   return delta, jnp.sum(accept, dtype=jnp.int32), abs_cos
 
 
@@ -449,7 +511,6 @@ def hard_collision(
     distance_scale: float = 1.0,
     pairing: str = 'all',
     max_pairs: int | None = None,
-    block_size: int | None = None,
 ) -> optax.GradientTransformation:
   r"""KO hard collision: elastic DSMC-style collisions of neuron pairs.
 
@@ -476,12 +537,12 @@ def hard_collision(
 
   ``pairing="all"`` tests every pair, as in the paper. Distances come from
   centred Gram matrices at HIGHEST precision (``O(N²)`` memory, no
-  ``N×N×D`` array). The accepted pairs are then collided exactly: when at
-  most ``max_pairs`` pairs are accepted (the usual, sparse case) from a list
-  of those pairs in ``O(max_pairs·D)``; otherwise with an exact tiled loop
-  over all pairs that holds one ``block_size²·D`` tile at a time. Each
-  :math:`n_{ij}` comes from a counter-based key of the pair, so the result
-  does not depend on the path taken, the tiling or the sharding.
+  ``N×N×D`` array). The accepted pairs are then collided exactly, in chunks
+  of ``max_pairs`` pairs (``O(max_pairs·D)`` memory): the cost is
+  ``O(N²)`` for the acceptance plus ``O(m·D)`` for ``m`` accepted pairs,
+  with no cliff when ``m`` exceeds ``max_pairs``. Each :math:`n_{ij}` comes
+  from a counter-based key of the pair, so the result does not depend on the
+  chunking or the sharding.
 
   ``pairing="disjoint"`` is kinetix's DSMC-faithful variant: each step a
   random perfect matching of the neurons (an odd one sits out); each matched
@@ -503,10 +564,9 @@ def hard_collision(
       ``0.05``. With ``1.0`` and typical weight scales few pairs pass: log
       ``state.accepted_fraction`` to tune ``coll_coef``.
     pairing: ``"all"`` (paper) or ``"disjoint"`` (random perfect matching).
-    max_pairs: pair capacity of the sparse path per layer (``"all"`` only);
-      ``None`` picks ``max(64, 4·N)``; ``0`` always uses the tiled loop.
-    block_size: tile size of the exact all-pairs loop; ``None`` picks one
-      with about ``4M`` floats per tile.
+    max_pairs: accepted pairs collided per chunk (``"all"`` only): memory
+      ``O(max_pairs·D)``; more accepted pairs take more chunks. ``None``
+      picks ``max(64, 4·N)``.
 
   Returns:
     An ``optax.GradientTransformation`` whose ``update`` requires ``params``.
@@ -539,9 +599,12 @@ def hard_collision(
     raise ValueError(f'pairing must be one of {PAIRINGS}; got {pairing!r}')
   capacity_arg = None if max_pairs is None else _utils.static_int(
       'max_pairs', max_pairs)
-  if capacity_arg is not None and capacity_arg < 0:
-    raise ValueError(f'max_pairs must be >= 0 or None; got {capacity_arg}')
-  tile_arg = _check_block('block_size', block_size)
+  if capacity_arg is not None and capacity_arg < 1:
+    raise ValueError(f'max_pairs must be a positive int or None; got '
+                     f'{capacity_arg}')
+  if capacity_arg is not None and pairing == 'disjoint':
+    raise ValueError("max_pairs applies to pairing='all' only; "
+                     "pairing='disjoint' collides N/2 pairs per layer.")
 
   def init_fn(params):
     _selected_leaves(name, params, params, mask, n_ax, l_axes)
@@ -554,15 +617,13 @@ def hard_collision(
         relative_change=jnp.zeros([], jnp.float32))
 
   def layer_fn(lay: _neurons.Layout, coef, kappa):
-    n, d = lay.neurons, lay.features
+    n = lay.neurons
     if pairing == 'disjoint':
       return lambda w, g, k: _hard_disjoint_layer(w, g, k, coef, kappa)
     capacity = max(64, 4 * n) if capacity_arg is None else capacity_arg
     capacity = min(capacity, n * (n - 1) // 2)
-    tile = tile_arg or max(1, int(math.sqrt(_TILE_FLOATS / max(d, 1))))
-    tile = min(tile, n)
     return lambda w, g, k: _hard_all_layer(
-        w, g, k, coef, kappa, capacity=capacity, tile=tile)
+        w, g, k, coef, kappa, capacity=capacity)
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
@@ -575,8 +636,7 @@ def hard_collision(
     new_key, step_key = jax.random.split(state.key)
     out = [u for _, u in flat_u]
     accepted, tested = jnp.zeros([], jnp.int32), 0
-    cos_sum, cos_n = _f32(0.0), 0
-    d2, g2 = _f32(0.0), _f32(0.0)
+    cos_sum, cos_n, sums = _f32(0.0), 0, []
     for leaf in selected:
       u, p, lay = out[leaf.index], flat_p[leaf.index], leaf.layout
       if lay.neurons < 2:
@@ -585,31 +645,35 @@ def hard_collision(
 
       def leaf_update(u, p, leaf_key, coef_raw, lay=lay):
         cdt = _utils.compute_dtype(u.dtype)
-        g = _neurons.to_neurons(u, lay, cdt)
-        w = _neurons.to_neurons(p, lay, cdt)
+        # The pair phase gathers rows: materialise the (L, N, D) view once.
+        g, w = jax.lax.optimization_barrier(
+            (_neurons.to_neurons(u, lay, cdt), _neurons.to_neurons(p, lay, cdt)))
+        # Per-layer power-of-two scale: exact, and no squares overflow.
+        scale = _neurons.max_abs_scale(g, (1, 2))
         keys = jax.vmap(lambda l: jax.random.fold_in(leaf_key, l))(
             jnp.arange(lay.layers))
         fn = layer_fn(lay, jnp.asarray(coef_raw, cdt),
                       jnp.asarray(distance_scale, cdt))
-        # lax.map keeps the sparse/dense lax.cond a real branch per layer.
-        delta, m, abs_cos = jax.lax.map(lambda a: fn(*a), (w, g, keys))
+        # lax.map keeps each layer's chunk loop and lax.cond real branches.
+        delta, m, abs_cos = jax.lax.map(lambda a: fn(*a),
+                                        (w, g / scale, keys))
+        delta = delta * scale
         new = _neurons.from_neurons(g + delta, lay, u.shape, cdt)
         return (new.astype(u.dtype), jnp.sum(m, dtype=jnp.int32),
                 jnp.sum(abs_cos).astype(jnp.float32),
-                jnp.sum(jnp.square(delta)).astype(jnp.float32),
-                jnp.sum(jnp.square(g)).astype(jnp.float32))
+                *_scaled_sq_sums(new, u.astype(cdt)))
 
-      new, m_leaf, cos_leaf, d2_leaf, g2_leaf = _utils.call_per_leaf(
-          leaf_update, u, u, p, leaf_key, coef_raw, n_scalars=4)
+      new, m_leaf, cos_leaf, *leaf_sums = _utils.call_with_auto_axes(
+          leaf_update, (u, None, None, None, None, None), u, p, leaf_key,
+          coef_raw)
       out[leaf.index] = new
+      sums.append(leaf_sums)
       accepted += m_leaf
       pairs = (lay.neurons // 2 if pairing == 'disjoint' else
                lay.neurons * (lay.neurons - 1) // 2)
       tested += lay.layers * pairs
       cos_sum += cos_leaf
       cos_n += lay.layers * (pairs if pairing == 'disjoint' else 2 * pairs)
-      d2 += d2_leaf
-      g2 += g2_leaf
     new_state = HardCollisionState(
         count=optax.safe_increment(state.count),
         key=new_key,
@@ -618,7 +682,7 @@ def hard_collision(
         accepted_fraction=(accepted.astype(jnp.float32)
                            / float(max(tested, 1))),
         mean_abs_cos=cos_sum / float(max(cos_n, 1)),
-        relative_change=jnp.sqrt(d2 / jnp.where(g2 > 0, g2, 1.0)))
+        relative_change=_relative_change(sums))
     return jax.tree_util.tree_unflatten(treedef, out), new_state
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -48,12 +48,10 @@ def _unit_rows(x: jax.Array) -> jax.Array:
   """Rows scaled to unit norm; a zero row stays zero (no NaN, no epsilon).
 
   Unlike ``x / max(|x|, eps)`` this is scale-invariant, so tiny weights (the
-  ``N(0, 0.005²)`` initialisations of condensation studies) are measured
-  correctly.
+  ``N(0, 0.005²)`` initialisations of condensation studies) and huge ones are
+  measured correctly: rows are rescaled by a power of two before squaring.
   """
-  norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
-  safe = jnp.where(norm > 0, norm, 1.0)
-  return jnp.where(norm > 0, x / safe, 0.0)
+  return _neurons.row_normalize(x)
 
 
 def _as_neurons(w: Any, neuron_axis: int, layer_axes: tuple[int, ...],
@@ -240,6 +238,7 @@ def condensation(
                ).astype(jnp.float32))
 
     # Under Explicit mesh axes the neuron layout runs with Auto axes.
-    max_abs, mean_abs = _utils.call_for_scalars(leaf_stats, leaf, n_scalars=2)
+    max_abs, mean_abs = _utils.call_with_auto_axes(
+        leaf_stats, (None, None), leaf)
     out[path] = {'max_abs_cos': max_abs, 'mean_abs_cos': mean_abs}
   return out

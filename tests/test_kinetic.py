@@ -194,11 +194,11 @@ def test_soft_schedule_coefficient():
 
 
 @pytest.mark.parametrize('coef,kappa', [(0.9, 0.05), (0.5, 0.0), (0.3, 1.0)])
-@pytest.mark.parametrize('max_pairs', [None, 0, 2])
+@pytest.mark.parametrize('max_pairs', [None, 1, 2])
 def test_hard_matches_dense_reference(coef, kappa, max_pairs):
   w, g = _rand((5, 7), 13, 0.3), _rand((5, 7), 14)
   tx = kinetic.hard_collision(coef, key=3, distance_scale=kappa,
-                              max_pairs=max_pairs, block_size=3)
+                              max_pairs=max_pairs)
   updates, state = _apply(tx, {'k': g}, {'k': w})
   ref, accepted = hard_reference(_neurons_np(w), _neurons_np(g), coef, kappa,
                                  _layer_key(3, 'k'))
@@ -336,16 +336,15 @@ def test_hard_keys_reproducible_and_advancing(pairing):
   assert not np.allclose(second['k'], a['k'])     # new step, new directions
 
 
-def test_hard_result_independent_of_path_and_tiling():
+def test_hard_result_independent_of_chunking():
   w, g = _rand((9, 20), 31, 0.05), _rand((9, 20), 32)
   results = []
-  for max_pairs, block in [(None, None), (0, 1), (0, 4), (0, 20), (3, 2),
-                           (1000, None)]:
+  for max_pairs in [None, 1, 3, 4, 7, 36, 1000]:
     u, s = _apply(kinetic.hard_collision(0.6, key=2, distance_scale=0.05,
-                                         max_pairs=max_pairs,
-                                         block_size=block), {'k': g}, {'k': w})
+                                         max_pairs=max_pairs),
+                  {'k': g}, {'k': w})
     results.append(u['k'])
-  assert int(s.accepted_pairs) > 3      # the capacity-3 case fell back
+  assert int(s.accepted_pairs) > 7      # small capacities took many chunks
   for r in results[1:]:
     np.testing.assert_allclose(r, results[0], rtol=1e-5, atol=1e-5)
 
@@ -425,7 +424,6 @@ def test_missing_params_is_an_error(factory):
     (dict(key='seed'), TypeError, 'key must be'),
     (dict(key=jnp.ones(3)), TypeError, 'key must be'),
     (dict(neuron_axis=1.5), TypeError, 'neuron_axis'),
-    (dict(block_size=0), ValueError, 'block_size'),
 ])
 @pytest.mark.parametrize('factory', [kinetic.soft_collision,
                                      kinetic.hard_collision])
@@ -442,7 +440,11 @@ def test_bad_hard_options_fail_at_construction():
   with pytest.raises(ValueError, match='distance_scale'):
     kinetic.hard_collision(distance_scale=-1.0)
   with pytest.raises(ValueError, match='max_pairs'):
-    kinetic.hard_collision(max_pairs=-1)
+    kinetic.hard_collision(max_pairs=0)
+  with pytest.raises(ValueError, match="max_pairs applies to pairing='all'"):
+    kinetic.hard_collision(max_pairs=8, pairing='disjoint')
+  with pytest.raises(ValueError, match='block_size'):
+    kinetic.soft_collision(block_size=0)
   with pytest.raises(ValueError, match='min_similarity'):
     kinetic.soft_collision(min_similarity=2.0)
   with pytest.raises(ValueError, match='noise_scale'):
@@ -497,7 +499,7 @@ def test_pair_counts_beyond_int32_do_not_overflow():
   """
   shape = jax.ShapeDtypeStruct((8, 50_257), jnp.float32)
   for tx in (kinetic.soft_collision(0.1, block_size=1024),
-             kinetic.hard_collision(0.1, block_size=64)):
+             kinetic.hard_collision(0.1, max_pairs=4096)):
     state = tx.init({'k': shape})
     out, new_state = jax.eval_shape(tx.update, {'k': shape}, state,
                                     {'k': shape})
