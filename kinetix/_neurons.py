@@ -112,6 +112,11 @@ def from_neurons(y: jax.Array, lay: Layout, shape: tuple[int, ...],
 # Masks
 
 
+def _masks():
+  from kinetix import masks  # pylint: disable=g-import-not-at-top
+  return masks
+
+
 def default_mask(params: Any) -> Any:
   """Every leaf with ``ndim >= 2`` (weights, not biases or scales)."""
   return jax.tree.map(lambda x: jnp.ndim(x) >= 2, params)
@@ -125,6 +130,16 @@ def resolve_mask(mask: Any, params: Any, treedef: Any,
   of bools with the structure of params or a prefix of it, as in
   ``optax.masked``.
   """
+  if isinstance(mask, str):
+    raise TypeError(
+        f'{name}: mask={mask!r} is a string; a mask is a pytree of bools or a '
+        f'callable of params. For leaves selected by path write '
+        f'mask=kinetix.masks.by_path({mask!r}).')
+  if isinstance(mask, (jax.Array, np.ndarray)) and np.ndim(mask) == 0 and (
+      isinstance(mask, jax.Array) or _utils.is_traced(mask)):
+    raise TypeError(
+        f'{name}: mask is a scalar array ({mask!r}), not a pytree of Python '
+        f'bools or a callable. ' + _masks().INJECT_HINT)
   if mask is None:
     mask_tree = default_mask(params)
   elif callable(mask) and not isinstance(mask, (bool, np.bool_)):
@@ -184,9 +199,7 @@ def safe_norm(x: jax.Array, axis: Any = -1, keepdims: bool = False):
 
   ``x`` must already be scaled to O(1) (e.g. by :func:`max_abs_scale`).
   """
-  s = jnp.sum(x * x, axis=axis, keepdims=keepdims)
-  pos = s > 0
-  return jnp.where(pos, jnp.sqrt(jnp.where(pos, s, jnp.ones_like(s))), 0.0)
+  return _utils.safe_sqrt(jnp.sum(x * x, axis=axis, keepdims=keepdims))
 
 
 # --------------------------------------------------------------------------

@@ -92,6 +92,19 @@ def resolve(value: Any, count: jax.Array) -> jax.Array:
   return value(count) if callable(value) else value
 
 
+def safe_sqrt(x: jax.Array) -> jax.Array:
+  """``sqrt(max(x, 0))`` whose gradient is finite at 0 (double ``where``).
+
+  A NaN stays NaN.
+
+  ``jax.grad`` of a plain ``sqrt`` at 0 is ``inf`` and becomes NaN once
+  multiplied by a zero; meta-gradients through an update must stay finite.
+  """
+  pos = x > 0
+  return jnp.where(pos, jnp.sqrt(jnp.where(pos, x, jnp.ones_like(x))),
+                   jnp.where(jnp.isnan(x), x, jnp.zeros_like(x)))
+
+
 def validate_key(key: KeyLike, name: str = 'key') -> None:
   """Checks at construction time that ``key`` can become a typed PRNG key."""
   if is_traced(key):
@@ -164,11 +177,33 @@ def leaves_with_paths(tree: Any, is_leaf: Callable[[Any], bool] | None = None):
   return [(path_to_str(p), x) for p, x in flat], treedef
 
 
+def check_array_leaves(name: str, params: Any) -> None:
+  """Raises a TypeError naming the first leaf of ``params`` that is no array.
+
+  An unfiltered Equinox model (or any pytree holding functions, strings or
+  other objects) is not a pytree of parameters; Optax would otherwise fail
+  deep inside with an ``AttributeError`` or, worse, silently skip the leaf.
+  Arrays, ``jax.ShapeDtypeStruct`` and Python/NumPy numbers are accepted.
+  """
+  for path, leaf in leaves_with_paths(params)[0]:
+    if isinstance(leaf, (jax.Array, np.ndarray, np.generic, numbers.Number,
+                         jax.ShapeDtypeStruct)) or is_traced(leaf):
+      continue
+    if hasattr(leaf, 'shape') and hasattr(leaf, 'dtype'):
+      continue  # array-likes, e.g. nnx.Variable values
+    raise TypeError(
+        f'{name}: params leaf {path!r} is a {type(leaf).__name__} ({leaf!r:.80}),'
+        f' not an array. Pass only the arrays of a model: with Equinox, '
+        f'params = eqx.filter(model, eqx.is_array) (and eqx.filter_grad for '
+        f'the gradients); with Flax NNX, nnx.state(model, nnx.Param).')
+
+
 def check_floating(name: str, params: Any) -> None:
   """Raises a TypeError naming the first leaf of ``params`` that is not float.
 
   Works on arrays and ``jax.ShapeDtypeStruct``; called from ``init``.
   """
+  check_array_leaves(name, params)
   for path, leaf in leaves_with_paths(params)[0]:
     dtype = getattr(leaf, 'dtype', None)
     if dtype is None or not jnp.issubdtype(dtype, jnp.floating):

@@ -43,6 +43,16 @@ def _in_compute_dtype(
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+def _checked(name: str, tx: optax.GradientTransformationExtraArgs
+             ) -> optax.GradientTransformationExtraArgs:
+  """``tx`` whose ``init`` first names any leaf of params that is no array."""
+  def init_fn(params):
+    _utils.check_array_leaves(name, params)
+    return tx.init(params)
+
+  return optax.GradientTransformationExtraArgs(init_fn, tx.update)
+
+
 def _collision(collision: str, coll_coef, mask, key,
                collision_options: Mapping[str, Any] | None):
   options = dict(collision_options or {})
@@ -117,12 +127,12 @@ def ko_sgd(
                                   allow_schedule=False)
   _utils.check_scalar_or_schedule('weight_decay', weight_decay, lo=0.0,
                                   allow_schedule=False)
-  return optax.chain(
+  return _checked('ko_sgd', optax.chain(
       _collision(collision, coll_coef, mask, key, collision_options),
       _in_compute_dtype(optax.chain(
           optax.add_decayed_weights(weight_decay),
           optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov))),
-  )
+  ))
 
 
 def ko_adamw(
@@ -169,8 +179,8 @@ def ko_adamw(
                           ('weight_decay', weight_decay, None)):
     _utils.check_scalar_or_schedule(name, value, lo=0.0, hi=hi,
                                     allow_schedule=False)
-  return optax.chain(
+  return _checked('ko_adamw', optax.chain(
       _collision(collision, coll_coef, mask, key, collision_options),
       _in_compute_dtype(optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps,
                                     weight_decay=weight_decay)),
-  )
+  ))

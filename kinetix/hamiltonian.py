@@ -255,7 +255,7 @@ def _rescale(target: jax.Array, current: jax.Array, eps1: jax.Array,
   if guard_zero:
     keep = keep | (current == 0)
   ratio = target / jnp.where(keep, jnp.ones_like(current), current)
-  return jnp.where(keep, jnp.ones_like(ratio), jnp.sqrt(ratio))
+  return jnp.where(keep, jnp.ones_like(ratio), _utils.safe_sqrt(ratio))
 
 
 # --------------------------------------------------------------------------
@@ -439,10 +439,10 @@ def bbi(
     def initial_momentum():
       v0_safe = jnp.where(v_init > 0, v_init, c(1.0))
       de = c(delta_energy)
-      norm = jnp.sqrt(jnp.maximum(de * (2 * v_init + de) / v0_safe, 0))
+      norm = _utils.safe_sqrt(de * (2 * v_init + de) / v0_safe)
       out = []
       for x in g:
-        n = jnp.sqrt(jnp.sum(jnp.square(x)))
+        n = _utils.safe_sqrt(jnp.sum(jnp.square(x)))
         out.append(-(x / jnp.where(n > 0, n, jnp.ones_like(n)))
                    * norm.astype(x.dtype))
       return out
@@ -471,7 +471,7 @@ def bbi(
                               p.dtype, -0.5, 0.5,
                               out_sharding=_utils.sharding_like(p))
            for p, seed in zip(mom, seeds)]
-      scale = jnp.sqrt(_safe_div(_sq_norm(mom, sdt), _sq_norm(u, sdt)))
+      scale = _utils.safe_sqrt(_safe_div(_sq_norm(mom, sdt), _sq_norm(u, sdt)))
       new_pi = [x * scale.astype(x.dtype) for x in u]
       new_fixed = fixed + fixed_due.astype(jnp.int32)
       new_counter0 = jnp.where(
@@ -675,7 +675,7 @@ def ecdsep(
     def initialise():
       # Global normalisation of the raw gradient (without weight decay).
       g2 = _sq_norm(raw_g, sdt)
-      scale = jnp.sqrt(_safe_div(de, g2))
+      scale = _utils.safe_sqrt(_safe_div(de, g2))
       return [-x * scale.astype(x.dtype) for x in raw_g], de, v * (s_ + de)
 
     first = state.iteration == 0
@@ -701,13 +701,13 @@ def ecdsep(
                      for x, u in zip(new_p, grads)]
       if not no_noise:
         # p = 0 stays 0 (the reference divides 0 by 0 here).
-        norm = jnp.sqrt(big_p2)
+        norm = _utils.safe_sqrt(big_p2)
         safe_norm = jnp.where(norm > 0, norm, jnp.ones_like(norm))
         d = [x / safe_norm.astype(x.dtype) + c(nu).astype(x.dtype)
              * jax.random.normal(jax.random.fold_in(step_key, seed), x.shape,
                                  x.dtype, out_sharding=_utils.sharding_like(x))
              for x, seed in zip(new_p, seeds)]
-        back = _safe_div(norm, jnp.sqrt(_sq_norm(d, sdt)))
+        back = _safe_div(norm, _utils.safe_sqrt(_sq_norm(d, sdt)))
         new_p = [x * back.astype(x.dtype) for x in d]
       return new_updates, new_p, big_p2, optax.safe_increment(state.iteration)
 

@@ -15,6 +15,7 @@ References:
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -89,10 +90,24 @@ def _selected_leaves(name: str, updates: Any, params: Any, mask: Any,
   return flat_u, flat_p, treedef, selected
 
 
+def _warn_if_empty(name: str, selected, params) -> None:
+  """At ``init``: a collision whose mask selects nothing is a no-op."""
+  if selected:
+    return
+  paths = [p for p, _ in _utils.leaves_with_paths(params)[0]]
+  warnings.warn(
+      f'{name}: the mask selects no leaf, so this collision does nothing '
+      f'(its statistics stay 0). Leaf paths: {paths[:20]}'
+      f'{" ..." if len(paths) > 20 else ""}. The default mask selects leaves '
+      f'with ndim >= 2; kinetix.masks.by_path selects by path.',
+      UserWarning, stacklevel=3)
+
+
 def _check_common(name: str, coll_coef, key, neuron_axis, layer_axes):
   _utils.check_scalar_or_schedule('coll_coef', coll_coef, lo=0.0, hi=1.0)
   _utils.validate_key(key)
-  n_ax = _utils.static_int('neuron_axis', neuron_axis)
+  n_ax = -1 if neuron_axis is None else _utils.static_int('neuron_axis',
+                                                         neuron_axis)
   return n_ax, _neurons.normalize_layer_axes(layer_axes)
 
 
@@ -215,7 +230,7 @@ def soft_collision(
     coll_coef: optax.ScalarOrSchedule = 0.1,
     *,
     mask: Any = None,
-    neuron_axis: int = -1,
+    neuron_axis: int | None = None,
     layer_axes: int | tuple[int, ...] = (),
     include_self: bool = True,
     min_similarity: float | None = None,
@@ -250,9 +265,12 @@ def soft_collision(
     mask: which leaves collide: a pytree of bools (or a prefix), or a callable
       of params (e.g. :func:`kinetix.masks.by_path`). ``None``: every leaf with
       ``ndim >= 2``.
-    neuron_axis: the axis that indexes neurons (static int). ``-1`` are the
-      output units of Flax ``Dense``/``Conv`` kernels; all other axes except
-      ``layer_axes`` are flattened into the neuron's vector.
+    neuron_axis: the axis that indexes neurons (static int). ``None`` means
+      ``-1``, the output units of Flax ``Dense``/``Conv`` kernels (``None``
+      rather than ``-1`` so that ``optax.inject_hyperparams`` does not turn
+      it into a traced number); all other axes except ``layer_axes`` are
+      flattened into the neuron's vector. ``0`` for PyTorch-style
+      ``(out, in)`` matrices.
     layer_axes: axes that index independent stacked layers (``nn.scan`` or
       ``vmap`` over layers, e.g. ``0`` for an ``(L, in, out)`` kernel); each
       layer collides only within itself.
@@ -270,7 +288,10 @@ def soft_collision(
 
   Returns:
     An ``optax.GradientTransformation`` whose ``update`` requires ``params``.
-    Its state is a :class:`SoftCollisionState`.
+    Its state is a :class:`SoftCollisionState`. Under
+    ``optax.inject_hyperparams`` pass ``static_args=('mask',)`` when ``mask``
+    is a callable (Optax treats every callable as a schedule) and list
+    ``neuron_axis`` and ``layer_axes`` there too when you set them.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax
@@ -303,7 +324,9 @@ def soft_collision(
   noise_off = _utils.concrete_float(noise_scale) == 0.0
 
   def init_fn(params):
-    _selected_leaves(name, params, params, mask, n_ax, l_axes)
+    _utils.check_array_leaves(name, params)
+    _warn_if_empty(name, _selected_leaves(name, params, params, mask, n_ax,
+                                          l_axes)[3], params)
     return SoftCollisionState(
         count=jnp.zeros([], jnp.int32),
         key=_utils.canonicalize_key(key),
@@ -506,7 +529,7 @@ def hard_collision(
     *,
     key: _utils.KeyLike = 0,
     mask: Any = None,
-    neuron_axis: int = -1,
+    neuron_axis: int | None = None,
     layer_axes: int | tuple[int, ...] = (),
     distance_scale: float = 1.0,
     pairing: str = 'all',
@@ -607,7 +630,9 @@ def hard_collision(
                      "pairing='disjoint' collides N/2 pairs per layer.")
 
   def init_fn(params):
-    _selected_leaves(name, params, params, mask, n_ax, l_axes)
+    _utils.check_array_leaves(name, params)
+    _warn_if_empty(name, _selected_leaves(name, params, params, mask, n_ax,
+                                          l_axes)[3], params)
     return HardCollisionState(
         count=jnp.zeros([], jnp.int32),
         key=_utils.canonicalize_key(key),

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from kinetix import _utils
 
@@ -54,16 +55,45 @@ def path_matches(pattern: str, path: str) -> bool:
   return any(_match_segments(pat, segs[k:]) for k in range(len(segs) + 1))
 
 
-def by_path(*patterns: str) -> MaskFn:
+INJECT_HINT = (
+    "If the mask was passed through optax.inject_hyperparams, Optax treated "
+    "it as a schedule and called it with the step count: pass "
+    "static_args=('mask',), e.g. optax.inject_hyperparams("
+    "kinetix.soft_collision, static_args=('mask',))(0.1, mask=...).")
+
+
+def _closest(pattern: str, paths: list[str]) -> list[str]:
+  """Up to 3 leaf paths closest to ``pattern`` (or to its last segments)."""
+  import difflib  # pylint: disable=g-import-not-at-top
+  tails = {}
+  depth = len(pattern.strip('/').split('/'))
+  for path in paths:
+    tails.setdefault('/'.join(path.split('/')[-depth:]), path)
+  near = difflib.get_close_matches(pattern.strip('/'), list(tails), n=3,
+                                   cutoff=0.4)
+  return [tails[t] for t in near]
+
+
+def by_path(*patterns: str, allow_empty: bool = False) -> MaskFn:
   """Selects the leaves whose '/'-joined key path matches any pattern.
+
+  A pattern that matches no leaf is almost always a typo or a renamed layer,
+  which would silently turn the transformation off for that part of the
+  model; the returned mask therefore raises a ``ValueError`` listing the
+  patterns that matched nothing and the closest leaf paths. Pass
+  ``allow_empty=True`` for programmatic use where an empty match is
+  expected.
 
   Args:
     *patterns: segment globs, e.g. ``"head/kernel"``, ``"*/kernel"``,
       ``"blocks/**/kernel"``, ``"/params/Dense_0/kernel"`` (anchored).
+    allow_empty: do not raise when a pattern matches no leaf.
 
   Returns:
     A callable ``params -> pytree of bools`` usable as ``mask=`` of every
-    kinetix transformation and of ``optax.masked``.
+    kinetix transformation and of ``optax.masked``. Under
+    ``optax.inject_hyperparams`` pass ``static_args=('mask',)``: Optax
+    treats every other callable as a schedule.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -72,6 +102,10 @@ def by_path(*patterns: str) -> MaskFn:
     ...           'head': {'kernel': jnp.ones((4, 2)), 'bias': jnp.ones(2)}}
     >>> masks.by_path('head/kernel')(params)['head']
     {'bias': False, 'kernel': True}
+    >>> masks.by_path('classifier/kernel')(params)
+    Traceback (most recent call last):
+      ...
+    ValueError: by_path: pattern 'classifier/kernel' matches no leaf. ...
   """
   if not patterns:
     raise ValueError('by_path needs at least one pattern, e.g. '
@@ -79,15 +113,39 @@ def by_path(*patterns: str) -> MaskFn:
   for p in patterns:
     if not isinstance(p, str) or not p.strip('/'):
       raise ValueError(f'by_path patterns must be non-empty strings; got {p!r}')
+  if not isinstance(allow_empty, bool):
+    raise TypeError(f'allow_empty must be a bool; got {allow_empty!r}')
 
   def mask_fn(params: Any) -> Any:
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: any(
-            path_matches(p, _utils.path_to_str(path)) for p in patterns),
-        params)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    paths = [_utils.path_to_str(path) for path, _ in flat]
+    hits = [[path_matches(p, path) for p in patterns] for path in paths]
+    if not allow_empty:
+      missing = [p for k, p in enumerate(patterns)
+                 if not any(h[k] for h in hits)]
+      if missing:
+        raise ValueError(_no_match_message(missing, paths, flat))
+    return jax.tree_util.tree_unflatten(treedef, [any(h) for h in hits])
 
   mask_fn.__name__ = f'by_path{patterns!r}'
   return mask_fn
+
+
+def _no_match_message(missing: list[str], paths: list[str],
+                      flat: list[Any]) -> str:
+  lines = []
+  for p in missing:
+    near = _closest(p, [q for q in paths if q])
+    hint = f' Closest leaf paths: {near}.' if near else ''
+    lines.append(f'by_path: pattern {p!r} matches no leaf.{hint}')
+  shown = paths[:20]
+  more = f' (and {len(paths) - 20} more)' if len(paths) > 20 else ''
+  lines.append(f'Available leaf paths: {shown}{more}. Pass allow_empty=True '
+               f'if an empty match is intended.')
+  if len(flat) == 1 and not paths[0] and jnp.ndim(flat[0][1]) == 0:
+    lines.append('The mask was called on a single scalar, not on params. '
+                 + INJECT_HINT)
+  return ' '.join(lines)
 
 
 def by_ndim(min_ndim: int = 2) -> MaskFn:

@@ -1,5 +1,7 @@
 """Path masks on dicts, Linen params and Flax NNX state."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,10 +36,66 @@ def _params():
                                        'params/Dense_0/kernel'}),
 ])
 def test_by_path_patterns(patterns, selected):
-  tree = masks.by_path(*patterns)(_params())
+  tree = masks.by_path(*patterns, allow_empty=True)(_params())
   flat = jax.tree_util.tree_flatten_with_path(tree)[0]
   got = {'/'.join(str(k.key) for k in path) for path, on in flat if on}
   assert got == selected
+
+
+def test_by_path_that_matches_nothing_is_an_error_with_the_closest_paths():
+  # A model whose head is called 'head', a mask written for 'classifier'.
+  with pytest.raises(ValueError) as info:
+    masks.by_path('classifier/kernel')(_params())
+  message = str(info.value)
+  assert "pattern 'classifier/kernel' matches no leaf" in message
+  assert 'params/head/kernel' in message          # listed as available
+  assert 'allow_empty=True' in message
+  # One good and one mistyped pattern: the typo is still reported.
+  with pytest.raises(ValueError, match="'haed/kernel' matches no leaf"):
+    masks.by_path('Dense_0/kernel', 'haed/kernel')(_params())
+  # ... and at init of a collision, not silently at the first step.
+  tx = kinetic.soft_collision(0.5, mask=masks.by_path('classifier/kernel'))
+  with pytest.raises(ValueError, match='classifier/kernel'):
+    tx.init(_params())
+  # The explicit opt-out.
+  flags = masks.by_path('classifier/kernel', allow_empty=True)(_params())
+  assert not any(jax.tree.leaves(flags))
+
+
+def test_collision_whose_mask_selects_nothing_warns_at_init():
+  params = {'bias': jnp.zeros(3)}                 # no leaf with ndim >= 2
+  for tx in (kinetic.soft_collision(0.5), kinetic.hard_collision(0.5)):
+    with pytest.warns(UserWarning, match='selects no leaf'):
+      tx.init(params)
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    kinetic.soft_collision(0.5).init({'w': jnp.ones((2, 3))})
+
+
+def test_string_mask_suggests_by_path():
+  tx = kinetic.soft_collision(0.5, mask='head/kernel')
+  with pytest.raises(TypeError, match=r"by_path\('head/kernel'\)"):
+    tx.init(_params())
+
+
+def test_mask_under_inject_hyperparams_is_loud_and_static_args_works():
+  params = {'head': {'kernel': jnp.ones((4, 3)) + jnp.eye(4, 3)},
+            'body': {'kernel': jnp.ones((3, 4)) + jnp.eye(3, 4)}}
+  grads = jax.tree.map(lambda x: x * 0.5 + 0.1, params)
+  mask = masks.by_path('head/kernel')
+  # Optax calls every callable hyperparameter with the step count.
+  bad = optax.inject_hyperparams(kinetic.soft_collision)(0.5, mask=mask)
+  with pytest.raises(ValueError, match="static_args=\\('mask',\\)"):
+    bad.init(params)
+  good = optax.inject_hyperparams(kinetic.soft_collision,
+                                  static_args=('mask',))(0.5, mask=mask)
+  state = good.init(params)
+  out, state = jax.jit(good.update)(grads, state, params)
+  assert not np.allclose(out['head']['kernel'], grads['head']['kernel'])
+  np.testing.assert_array_equal(out['body']['kernel'], grads['body']['kernel'])
+  # A scalar array as mask (what a schedule-evaluated lambda gives) is loud.
+  with pytest.raises(TypeError, match='static_args'):
+    kinetic.soft_collision(0.5, mask=jnp.asarray(True)).init(params)
 
 
 def test_by_path_on_nnx_state_at_init_and_update():
