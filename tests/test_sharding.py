@@ -3,8 +3,8 @@
 Runs ``tests/_sharded_run.py`` in a subprocess, because the device count is
 fixed when JAX starts. Every optimizer is trained with params sharded along
 the neuron axis and along the feature axis (the layer axis for a stacked
-leaf), on a mesh with Explicit axes (``jax.make_mesh``'s default) and on one
-with Auto axes; the random streams must not depend on the sharding.
+leaf), on a mesh with Explicit axes (``jax.make_mesh``'s default) with and
+without ``jax.set_mesh``, and on one with Auto axes; the random streams must not depend on the sharding.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ EXPECTED = {'soft', 'soft_stacked', 'hard_stacked', 'soft_blocked_noise',
             'cool_momentum', 'bbi', 'ecdsep'}
 
 
-@pytest.mark.parametrize('mode', ['explicit', 'auto'])
+@pytest.mark.parametrize('mode', ['explicit', 'nomesh', 'auto'])
 def test_sharded_updates_equal_unsharded(mode):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   proc = subprocess.run([sys.executable, str(SCRIPT), mode], env=env,
@@ -33,12 +33,12 @@ def test_sharded_updates_equal_unsharded(mode):
   rows = [json.loads(line) for line in proc.stdout.splitlines()
           if line.startswith('{')]
   names = {r['optimizer'] for r in rows}
-  if mode == 'explicit':
+  if mode == 'nomesh':
     assert names == EXPECTED
-    assert all('Explicit' in r['axis_types'] for r in rows)
   else:
     assert len(names) >= 4 and names <= EXPECTED
-    assert all('Auto' in r['axis_types'] for r in rows)
+  axis_type = 'Auto' if mode == 'auto' else 'Explicit'
+  assert all(axis_type in r['axis_types'] for r in rows)
   for r in rows:
     case = f"{r['optimizer']} sharded along {r['axis']}"
     assert 'error' not in r, f"{case}: {r.get('error')}"
