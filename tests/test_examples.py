@@ -123,3 +123,20 @@ def test_linen_collision_changes_only_the_head_update(linen_trainstate):
   assert linen_trainstate.collision_state(states['none']) is None
   hard = linen_trainstate.collision_state(states['hard'])
   assert int(hard.accepted_pairs) > 0
+
+
+def test_equinox_bbi_trains_with_filtered_params(capsys):
+  pytest.importorskip('equinox')
+  module = _load('equinox_bbi')
+  result = module.main(steps=STEPS, quiet=True)
+  assert capsys.readouterr().out == ''
+  assert result['test_accuracy'] > 0.9, result
+  assert result['train_loss'] < 0.5 * result['first_loss'], result
+
+
+def test_equinox_whole_model_is_a_clear_error():
+  pytest.importorskip('equinox')
+  module = _load('equinox_bbi')
+  model = module.make_model(jax.random.key(0))
+  with pytest.raises(TypeError, match=r'eqx\.filter\(model, eqx\.is_array\)'):
+    module.make_optimizer().init(model)
