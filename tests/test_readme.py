@@ -37,3 +37,31 @@ def test_readme_optimizer_snippets_construct():
     namespace = {'kinetix': kinetix, 'steps': 1000}
     exec(line, namespace)  # pylint: disable=exec-used
     assert hasattr(namespace['tx'], 'update'), line
+
+
+def test_readme_inject_hyperparams_snippet_works():
+  """The README's masks-under-inject_hyperparams block, run on a model."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  import kinetix  # pylint: disable=g-import-not-at-top
+  from kinetix import kinetic  # pylint: disable=g-import-not-at-top
+  text = README.read_text()
+  block = [b for b in re.findall(r'```python\n(.*?)```', text, re.S)
+           if 'inject_hyperparams' in b]
+  assert len(block) == 1
+  params = {'body': {'kernel': jnp.eye(4, 3) + 0.5},
+            'head': {'kernel': jnp.eye(3, 5) + 0.5}}
+  grads = jax.tree.map(lambda x: 0.3 * x + jnp.arange(x.shape[-1]) * 0.1,
+                       params)
+  namespace = {'kinetix': kinetix, 'kinetic': kinetic, 'optax': optax}
+  lines = block[0].split('tx = ')[1:]
+  assert len(lines) == 2
+  for source in lines:
+    exec('tx = ' + source, namespace)  # pylint: disable=exec-used
+    tx = namespace['tx']
+    state = tx.init(params)
+    assert 'coll_coef' in state.hyperparams
+    out, _ = jax.jit(tx.update)(grads, state, params)
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(out))
