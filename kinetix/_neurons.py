@@ -190,8 +190,10 @@ def pow2_floor(m: jax.Array) -> jax.Array:
 
 
 def max_abs_scale(x: jax.Array, axis: Any = None) -> jax.Array:
-  """:func:`pow2_floor` of ``max|x|`` over ``axis`` (kept as size-1 axes)."""
-  return pow2_floor(jnp.max(jnp.abs(x), axis=axis, keepdims=True))
+  """:func:`pow2_floor` of ``max|x|`` over ``axis`` (kept as size-1 axes);
+  a scalar for ``axis=None``."""
+  return pow2_floor(jnp.max(jnp.abs(x), axis=axis,
+                            keepdims=axis is not None))
 
 
 def safe_norm(x: jax.Array, axis: Any = -1, keepdims: bool = False):
@@ -267,6 +269,27 @@ def to_leaf_order(y: jax.Array, lay: Layout) -> jax.Array:
   if order == tuple(range(y.ndim)):
     return y
   return jnp.transpose(y, tuple(np.argsort(order)))
+
+
+def matrix_view(lay: Layout, shape: tuple[int, ...]):
+  """A 3-D view of a leaf for row/column gathers: ``(axis, to, back)``.
+
+  ``to(x)`` is ``(L, N, D)`` (``axis=0``) or ``(L, D, N)`` (``axis=1``,
+  Flax's ``(in, out)`` kernels) by a free reshape when the leaf's axes are
+  already in one of these orders, else ``(L, N, D)`` by a transpose;
+  ``back`` inverts it. ``axis`` is the neuron axis of one layer.
+  """
+  ndim = len(shape)
+  identity = tuple(range(ndim))
+  if lay.layer_axes + lay.feature_axes + (lay.neuron_axis,) == identity:
+    view = (lay.layers, lay.features, lay.neurons)
+    return (1, lambda x: x.reshape(view),
+            lambda y: y.reshape(shape))
+  if lay.perm == identity:
+    view = (lay.layers, lay.neurons, lay.features)
+    return (0, lambda x: x.reshape(view), lambda y: y.reshape(shape))
+  return (0, lambda x: to_neurons(x, lay, x.dtype),
+          lambda y: from_neurons(y, lay, shape, y.dtype))
 
 
 # --------------------------------------------------------------------------

@@ -198,13 +198,14 @@ def _soft_leaf(w, g, coef, min_similarity, lay: _neurons.Layout, *,
 
 
 def _scaled_sq_sums(new, u):
-  """``(e, |new − u|²/4^e, |u|²/4^e)`` with ``2^e`` the leaf's max-abs scale.
+  """``(e, |new − u|²/4^e, |u|²/4^e)`` with ``2^e`` the max-abs scale of u.
 
   Summing squares of gradients beyond ~1e19 (or below ~1e-19) overflows (or
   underflows) float32; :func:`_combine_sq_sums` adds leaves on one scale.
   """
-  scale = _neurons.max_abs_scale(
-      jnp.maximum(jnp.max(jnp.abs(new)), jnp.max(jnp.abs(u))))
+  # |new − u| is at most ~N·max|u| (Σ of N bounded terms): u's scale is
+  # enough, and saves a pass over ``new``.
+  scale = _neurons.max_abs_scale(u).reshape(())
   d = (new - u) / scale
   x = u / scale
   _, e = jnp.frexp(scale)
@@ -470,7 +471,11 @@ def _hard_all_layer(w, g, key, coef, distance_scale, *, capacity: int):
     return delta + _pair_delta(g, key, i, j, valid)
 
   if n_chunks == 1:
-    delta = collide(0, jnp.zeros_like(g))
+    # Every pair fits in one chunk: list them directly (compiles faster).
+    i, j = jnp.nonzero(upper, size=capacity, fill_value=0)
+    valid = jnp.arange(capacity) < m
+    delta = _pair_delta(g, key, i.astype(jnp.int32), j.astype(jnp.int32),
+                        valid)
   else:
     delta = jax.lax.fori_loop(
         0, n_chunks,
@@ -484,44 +489,69 @@ def _hard_all_layer(w, g, key, coef, distance_scale, *, capacity: int):
 # Hard collision, disjoint pairing (DSMC-style binary collisions)
 
 
-def _hard_disjoint_layer(w, g, key, coef, distance_scale):
-  """A random perfect matching of the ``(N, D)`` rows, collided elastically.
+def _hard_disjoint_layer(w, g, key, coef, distance_scale, axis: int):
+  """A random perfect matching of one layer's neurons, collided elastically.
 
-  The two gathered halves are materialised once (``optimization_barrier``)
-  so that every reduction reads contiguous rows, and the changes return to
-  neuron order with a second gather (the inverse permutation) rather than a
-  scatter.
+  ``w`` and ``g`` are 2-D with the neurons along ``axis`` (0: ``(N, D)``,
+  1: ``(D, N)``, the Flax layout, used as it is stored). The gathered halves
+  are materialised once (``optimization_barrier``) so that every reduction
+  reads them, not the gather, and the new gradients return to neuron order
+  with a second gather (the inverse permutation) rather than a scatter.
+  Returns ``(new g, accepted pairs, Σ|cos| over the matched pairs)``.
   """
-  n, d = g.shape
+  n, d = g.shape[axis], g.shape[1 - axis]
+  feat = 1 - axis
   half = n // 2
   perm_key, dir_key = jax.random.split(key)
   perm = jax.random.permutation(perm_key, n)
   a, b = perm[0:2 * half:2], perm[1:2 * half:2]
-  ga, gb, wa, wb = jax.lax.optimization_barrier((g[a], g[b], w[a], w[b]))
+  take = lambda x, idx: jnp.take(x, idx, axis=axis)  # noqa: E731
+  ga, gb, wa, wb = jax.lax.optimization_barrier(
+      (take(g, a), take(g, b), take(w, a), take(w, b)))
   diff = gb - ga
-  speed = _neurons.safe_norm(diff, -1)
-  w_scale = _neurons.max_abs_scale(w)
-  dist = _neurons.safe_norm((wb - wa) / w_scale, -1) * w_scale.reshape(())
+  scale = _neurons.max_abs_scale(diff)
+  speed = _neurons.safe_norm(diff / scale, feat) * scale
+  w_scale = _neurons.max_abs_scale(jnp.maximum(jnp.max(jnp.abs(wa)),
+                                               jnp.max(jnp.abs(wb))))
+  wa_s, wb_s = wa / w_scale, wb / w_scale
+  dist = _neurons.safe_norm(wb_s - wa_s, feat) * w_scale
   s_max = jnp.max(speed)
   ratio = jnp.where(s_max > 0, speed / jnp.where(s_max > 0, s_max, 1.0), 0.0)
   accept = ratio * jnp.exp(-distance_scale * dist) > 1.0 - coef
   z = jax.random.normal(dir_key, (half, d), g.dtype)
-  n_dir = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True),
+  if axis == 1:
+    z = z.T
+  n_dir = z / jnp.maximum(_neurons.safe_norm(z, feat, keepdims=True),
                           jnp.finfo(g.dtype).tiny)
+  along = lambda v: jnp.expand_dims(v, feat)  # noqa: E731
   # g_a* = g_cm + ½ g_r n, g_b* = g_cm − ½ g_r n: Δ_b = −Δ_a exactly.
-  delta_a = jnp.where(accept[:, None],
-                      0.5 * diff + 0.5 * speed[:, None] * n_dir, 0.0)
-  in_perm = jnp.stack([delta_a, -delta_a], axis=1).reshape(2 * half, d)
+  delta_a = jnp.where(along(accept),
+                      0.5 * diff + 0.5 * along(speed) * n_dir, 0.0)
+  parts, order = [ga + delta_a, gb - delta_a], [a, b]
   if n > 2 * half:                       # an odd neuron sits out
-    in_perm = jnp.concatenate([in_perm, jnp.zeros((1, d), g.dtype)])
-  inverse = jnp.zeros(n, jnp.int32).at[perm].set(jnp.arange(n, dtype=jnp.int32))
-  delta = in_perm[inverse]
-  wa_s, wb_s = wa / w_scale, wb / w_scale
-  na, nb_ = _neurons.safe_norm(wa_s, -1), _neurons.safe_norm(wb_s, -1)
+    parts.append(take(g, perm[2 * half:]))
+    order.append(perm[2 * half:])
+  position = jnp.zeros(n, jnp.int32).at[jnp.concatenate(order)].set(
+      jnp.arange(n, dtype=jnp.int32))
+  new = take(jnp.concatenate(parts, axis=axis), position)
+  na, nb_ = _neurons.safe_norm(wa_s, feat), _neurons.safe_norm(wb_s, feat)
   both = (na > 0) & (nb_ > 0)
-  cos = jnp.sum(wa_s * wb_s, axis=-1) / jnp.where(both, na * nb_, 1.0)
+  cos = jnp.sum(wa_s * wb_s, axis=feat) / jnp.where(both, na * nb_, 1.0)
   abs_cos = jnp.sum(jnp.where(both, jnp.abs(cos), 0.0))
-  return delta, jnp.sum(accept, dtype=jnp.int32), abs_cos
+  return new, jnp.sum(accept, dtype=jnp.int32), abs_cos
+
+
+def _per_layer(fn, *stacked):
+  """``fn`` on each layer of ``(L, ...)`` arrays, outputs stacked.
+
+  One layer (the common case) is a direct call; several use ``lax.map``,
+  which keeps each layer's loops and ``lax.cond`` real branches and compiles
+  faster than ``vmap`` of the matching and chunk loops.
+  """
+  if stacked[0].shape[0] == 1:
+    out = fn(*(x[0] for x in stacked))
+    return jax.tree.map(lambda y: y[None], out)
+  return jax.lax.map(lambda xs: fn(*xs), stacked)
 
 
 def hard_collision(
@@ -643,8 +673,6 @@ def hard_collision(
 
   def layer_fn(lay: _neurons.Layout, coef, kappa):
     n = lay.neurons
-    if pairing == 'disjoint':
-      return lambda w, g, k: _hard_disjoint_layer(w, g, k, coef, kappa)
     capacity = max(64, 4 * n) if capacity_arg is None else capacity_arg
     capacity = min(capacity, n * (n - 1) // 2)
     return lambda w, g, k: _hard_all_layer(
@@ -670,18 +698,28 @@ def hard_collision(
 
       def leaf_update(u, p, leaf_key, coef_raw, lay=lay):
         cdt = _utils.compute_dtype(u.dtype)
+        keys = jax.vmap(lambda l: jax.random.fold_in(leaf_key, l))(
+            jnp.arange(lay.layers))
+        if pairing == 'disjoint':
+          # O(N·D): on the leaf as stored whenever it is a free reshape.
+          axis, to_view, from_view = _neurons.matrix_view(lay, u.shape)
+          g, w = to_view(u.astype(cdt)), to_view(p.astype(cdt))
+          new, m, abs_cos = _per_layer(
+              lambda w_, g_, k: _hard_disjoint_layer(
+                  w_, g_, k, jnp.asarray(coef_raw, cdt),
+                  jnp.asarray(distance_scale, cdt), axis), w, g, keys)
+          new = from_view(new)
+          return (new.astype(u.dtype), jnp.sum(m, dtype=jnp.int32),
+                  jnp.sum(abs_cos).astype(jnp.float32),
+                  *_scaled_sq_sums(new, u.astype(cdt)))
         # The pair phase gathers rows: materialise the (L, N, D) view once.
         g, w = jax.lax.optimization_barrier(
             (_neurons.to_neurons(u, lay, cdt), _neurons.to_neurons(p, lay, cdt)))
         # Per-layer power-of-two scale: exact, and no squares overflow.
         scale = _neurons.max_abs_scale(g, (1, 2))
-        keys = jax.vmap(lambda l: jax.random.fold_in(leaf_key, l))(
-            jnp.arange(lay.layers))
         fn = layer_fn(lay, jnp.asarray(coef_raw, cdt),
                       jnp.asarray(distance_scale, cdt))
-        # lax.map keeps each layer's chunk loop and lax.cond real branches.
-        delta, m, abs_cos = jax.lax.map(lambda a: fn(*a),
-                                        (w, g / scale, keys))
+        delta, m, abs_cos = _per_layer(fn, w, g / scale, keys)
         delta = delta * scale
         new = _neurons.from_neurons(g + delta, lay, u.shape, cdt)
         return (new.astype(u.dtype), jnp.sum(m, dtype=jnp.int32),

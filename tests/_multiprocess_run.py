@@ -19,8 +19,9 @@ import os
 import pathlib
 import sys
 
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_force_host_platform_device_count=4')
+if __name__ == '__main__':  # not when a test imports the definitions
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                             ' --xla_force_host_platform_device_count=4')
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax

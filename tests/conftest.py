@@ -1,18 +1,21 @@
-"""Test ordering: the long subprocess tests start first.
+"""Test ordering for ``pytest -n 2`` (``--dist worksteal``, see pyproject).
 
-With ``pytest -n 2`` the two workers then each begin with one of them while
-the other tests fill the remaining time, instead of one worker finishing
-them alone at the end.
+worksteal gives each worker one half of the collected items and steals
+from the end of a queue only. The two long subprocess modules go to the
+front of each half, so that both workers begin with one of them, and their
+module-scoped fixture (one subprocess run shared by the module's tests) runs
+once.
 """
 
-SLOW_FIRST = ('test_sharding.py', 'test_multiprocess.py')
+FIRST_HALF = 'test_sharding.py'
+SECOND_HALF = 'test_multiprocess.py'
 
 
 def pytest_collection_modifyitems(config, items):
   del config
-
-  def rank(item):
-    name = item.path.name
-    return SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
-
-  items.sort(key=rank)
+  first = [i for i in items if i.path.name == FIRST_HALF]
+  second = [i for i in items if i.path.name == SECOND_HALF]
+  rest = [i for i in items if i.path.name not in (FIRST_HALF, SECOND_HALF)]
+  half = len(items) // 2
+  head = first + rest[:max(0, half - len(first))]
+  items[:] = head + second + rest[len(head) - len(first):]

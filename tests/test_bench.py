@@ -47,6 +47,9 @@ def test_quick_bench_writes_all_rows(tmp_path, capsys):
   assert all(0 < r['accepted_pairs'] <= 4 * r['n'] for r in few)
   # The hard-collision and lm_head memory rows carry a 2 GiB memory target.
   assert any(r['memory_limit_bytes'] for r in hard)
+  # The cliff case really accepted more pairs than its max_pairs.
+  cliff = [r for r in rows if r['kind'] == 'capacity_cliff']
+  assert cliff and all(r['accepted_pairs'] > r['max_pairs'] for r in cliff)
   lm_head = [r for r in rows if r['kind'] == 'blocked_lm_head']
   assert all(r['memory_limit_bytes'] == bench.MEMORY_LIMIT for r in lm_head)
 

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import pytest
 
+
 HERE = pathlib.Path(__file__).parent
 sys.path.insert(0, str(HERE))
 import _multiprocess_run as run  # noqa: E402  pylint: disable=g-import-not-at-top

@@ -43,11 +43,41 @@ def add_common_arguments(parser: argparse.ArgumentParser, *,
                      help='skip the figures (no matplotlib needed)')
 
 
-def progress(iterable: Iterable[Any] | None = None, *, total: int | None = None,
-             desc: str = '', disable: bool = False):
-  """A tqdm bar on stderr, off when asked or when stderr is not a terminal."""
-  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-  return tqdm(iterable, total=total, desc=desc, unit='run', leave=True,
+class _PlainProgress:
+  """What the experiments use of a tqdm bar, as plain lines on stderr.
+
+  The fallback when tqdm is not installed (a core install): one line per
+  finished run when stderr is a terminal, nothing otherwise or when off.
+  """
+
+  def __init__(self, total: int | None, desc: str, disable: bool):
+    self.total, self.desc, self.n, self.postfix = total, desc, 0, ''
+    self.enabled = not disable and sys.stderr.isatty()
+
+  def set_postfix_str(self, text: str) -> None:
+    self.postfix = text
+
+  def update(self, n: int = 1) -> None:
+    self.n += n
+    if self.enabled:
+      print(f'{self.desc}: {self.n}/{self.total} {self.postfix}',
+            file=sys.stderr, flush=True)
+
+  def close(self) -> None:
+    pass
+
+
+def progress(*, total: int | None = None, desc: str = '',
+             disable: bool = False):
+  """A tqdm bar on stderr, off when asked or when stderr is not a terminal.
+
+  Without tqdm (it comes with the ``examples`` extra), plain progress lines.
+  """
+  try:
+    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return _PlainProgress(total, desc, disable)
+  return tqdm(total=total, desc=desc, unit='run', leave=True,
               dynamic_ncols=True, disable=True if disable else None,
               file=sys.stderr)
 
