@@ -3,7 +3,7 @@
 The public API is re-exported here explicitly; everything else is private.
 """
 
-__version__ = '0.1.0'
+__version__ = '0.2.0.dev0'
 
 # -- public re-exports (one line per module; keep sorted by module) --
 from kinetix import kinetic

@@ -41,6 +41,16 @@ class _CommandUnavailable(Exception):
   pass
 
 
+# Packages of the ``examples`` extra that some commands need.
+OPTIONAL = ('matplotlib', 'sklearn', 'tqdm', 'flax')
+
+
+def _missing(command: str, module: str) -> str:
+  return (f'kinetix {command}: needs the optional package '
+          f'{module.split(".")[0]!r}; install the extras with: '
+          f'pip install "kinetix-optax[examples]"')
+
+
 def _load(name: str):
   module_name = f'kinetix.experiments.{name}'
   try:
@@ -50,11 +60,8 @@ def _load(name: str):
       raise _CommandUnavailable(
           f"kinetix {name}: this installation has no '{module_name}' module, "
           f'so the {name!r} command is not available yet.') from e
-    if e.name and e.name.split('.')[0] in ('matplotlib', 'sklearn', 'tqdm',
-                                            'flax'):
-      raise _CommandUnavailable(
-          f'kinetix {name}: needs the optional package {e.name.split(".")[0]!r}'
-          f'; install the extras with: pip install "kinetix[examples]"') from e
+    if e.name and e.name.split('.')[0] in OPTIONAL:
+      raise _CommandUnavailable(_missing(name, e.name)) from e
     raise
 
 
@@ -114,7 +121,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.command is None or module is None:
     parser.print_help()
     return 2
-  return int(module.run(args) or 0)
+  try:
+    return int(module.run(args) or 0)
+  except ModuleNotFoundError as e:
+    # One line and exit code 2 for a missing extra, not a traceback.
+    if e.name and e.name.split('.')[0] in OPTIONAL:
+      print(_missing(args.command, e.name), file=sys.stderr)
+      return 2
+    raise
 
 
 if __name__ == '__main__':

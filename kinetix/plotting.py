@@ -1,6 +1,6 @@
 """Figures for condensation studies: similarity heat maps and training curves.
 
-Needs matplotlib (``pip install "kinetix[examples]"``); it is not imported by
+Needs matplotlib (``pip install "kinetix-optax[examples]"``); it is not imported by
 ``import kinetix``. Figures are built with :class:`matplotlib.figure.Figure`
 directly, not ``pyplot``, so nothing here depends on (or changes) the active
 backend: save them with ``fig.savefig(...)``; in Jupyter they display as the
@@ -27,7 +27,7 @@ try:
   from matplotlib.figure import Figure
 except ImportError as e:  # pragma: no cover - exercised only without the extra
   raise ImportError(
-      'kinetix.plotting needs matplotlib: pip install "kinetix[examples]" '
+      'kinetix.plotting needs matplotlib: pip install "kinetix-optax[examples]" '
       '(or pip install matplotlib).') from e
 
 __all__ = [

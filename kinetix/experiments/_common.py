@@ -43,6 +43,18 @@ def add_common_arguments(parser: argparse.ArgumentParser, *,
                      help='skip the figures (no matplotlib needed)')
 
 
+def plotting_unavailable(args: argparse.Namespace, command: str) -> bool:
+  """Says so (one line on stderr) when figures are asked for without
+  matplotlib, before any work is done; the caller then exits with 2."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  if args.no_plot or importlib.util.find_spec('matplotlib') is not None:
+    return False
+  print(f'kinetix {command}: drawing the figures needs matplotlib; install '
+        f'the extras with: pip install "kinetix-optax[examples]", or pass '
+        f'--no-plot', file=sys.stderr)
+  return True
+
+
 class _PlainProgress:
   """What the experiments use of a tqdm bar, as plain lines on stderr.
 

@@ -368,6 +368,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def run(args: argparse.Namespace) -> int:
+  if _common.plotting_unavailable(args, 'condensation'):
+    return 2
   try:
     settings = settings_from_args(args)
   except ValueError as e:

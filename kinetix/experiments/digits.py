@@ -538,6 +538,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def run(args: argparse.Namespace) -> int:
+  if _common.plotting_unavailable(args, 'digits'):
+    return 2
   try:
     settings = settings_from_args(args)
   except ValueError as e:
