@@ -324,27 +324,29 @@ def test_hard_keys_reproducible_and_advancing(pairing):
   w, g = _rand((6, 10), 29, 0.1), _rand((6, 10), 30)
   make = lambda key: kinetic.hard_collision(0.9, key=key, pairing=pairing,
                                             distance_scale=0.05)
-  a, sa = _apply(make(7), {'k': g}, {'k': w})
-  b, _ = _apply(make(jax.random.key(7)), {'k': g}, {'k': w})
-  c, _ = _apply(make(8), {'k': g}, {'k': w})
-  legacy, _ = _apply(make(jax.random.PRNGKey(7)), {'k': g}, {'k': w})
+  # The key lives in the state: one compiled update serves every key.
+  update = jax.jit(make(7).update)
+  apply = lambda key: update({'k': g}, make(key).init({'k': w}), {'k': w})
+  a, sa = apply(7)
+  b, _ = apply(jax.random.key(7))
+  c, _ = apply(8)
+  legacy, _ = apply(jax.random.PRNGKey(7))
   np.testing.assert_array_equal(a['k'], b['k'])
   np.testing.assert_array_equal(a['k'], legacy['k'])
   assert not np.allclose(a['k'], c['k'])
-  tx = make(7)
-  second, _ = tx.update({'k': g}, sa, {'k': w})
+  second, _ = update({'k': g}, sa, {'k': w})
   assert not np.allclose(second['k'], a['k'])     # new step, new directions
 
 
 def test_hard_result_independent_of_chunking():
   w, g = _rand((9, 20), 31, 0.05), _rand((9, 20), 32)
   results = []
-  for max_pairs in [None, 1, 3, 4, 7, 36, 1000]:
+  for max_pairs in [None, 1, 4, 36]:
     u, s = _apply(kinetic.hard_collision(0.6, key=2, distance_scale=0.05,
                                          max_pairs=max_pairs),
                   {'k': g}, {'k': w})
     results.append(u['k'])
-  assert int(s.accepted_pairs) > 7      # small capacities took many chunks
+  assert int(s.accepted_pairs) > 4      # small capacities took many chunks
   for r in results[1:]:
     np.testing.assert_allclose(r, results[0], rtol=1e-5, atol=1e-5)
 
