@@ -623,7 +623,11 @@ def hard_collision(
 
   Returns:
     An ``optax.GradientTransformation`` whose ``update`` requires ``params``.
-    Its state is a :class:`HardCollisionState`.
+    Its state is a :class:`HardCollisionState`. Under
+    ``optax.inject_hyperparams`` pass ``static_args=('mask',)`` when
+    ``mask`` is a callable, plus ``max_pairs``, ``neuron_axis`` and
+    ``layer_axes`` when you set them: Optax treats a callable as a schedule
+    and numbers as traced values.
 
   Examples:
     >>> import jax.numpy as jnp

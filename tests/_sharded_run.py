@@ -48,7 +48,7 @@ PLAN = {
                'ko_sgd': ('neuron',), 'cool_momentum': ('feature',),
                'ecdsep': ('neuron',)},
     'explicit': {'soft': ('neuron',), 'hard': ('feature',),
-                 'disjoint': ('neuron',), 'ecdsep': ('feature',)},
+                 'ecdsep': ('feature',)},
     'auto': {'soft': ('feature',), 'hard': ('neuron',),
              'disjoint': ('feature',), 'bbi': ('neuron',)},
 }
