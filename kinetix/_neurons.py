@@ -208,16 +208,22 @@ def safe_norm(x: jax.Array, axis: Any = -1, keepdims: bool = False):
 # The leaf's own layout: dimension numbers instead of transposes
 
 
-def unit_rows(x: jax.Array, lay: Layout) -> jax.Array:
-  """Each neuron of ``x`` (leaf layout) divided by its norm; zero rows stay 0.
+def _unit(x: jax.Array, axis: Any) -> jax.Array:
+  """``x`` divided by its norm over ``axis``; zero vectors stay 0.
 
-  Rows are first divided by the power of two below their max-abs, so the
+  First divided by the power of two below the max-abs over ``axis``, so the
   result does not depend on the overall scale (no over/underflow of the
-  squares) and a zero row gives 0 with finite gradients, never a NaN.
+  squares) and a zero vector gives 0 with finite gradients, never a NaN.
   """
-  y = x / max_abs_scale(x, lay.feature_axes)
-  n = safe_norm(y, lay.feature_axes, keepdims=True)
+  y = x / max_abs_scale(x, axis)
+  n = safe_norm(y, axis, keepdims=True)
   return y / jnp.where(n > 0, n, jnp.ones_like(n))
+
+
+def unit_rows(x: jax.Array, lay: Layout) -> jax.Array:
+  """Each neuron of ``x`` (leaf layout) divided by its norm (see
+  :func:`_unit`)."""
+  return _unit(x, lay.feature_axes)
 
 
 def gram(a: jax.Array, b: jax.Array, lay: Layout,
@@ -271,24 +277,17 @@ def to_leaf_order(y: jax.Array, lay: Layout) -> jax.Array:
   return jnp.transpose(y, tuple(np.argsort(order)))
 
 
-def matrix_view(lay: Layout, shape: tuple[int, ...], columns: bool = False):
-  """A 3-D view of a leaf for row/column gathers: ``(axis, to, back)``.
+def matrix_view(lay: Layout, shape: tuple[int, ...]):
+  """An ``(L, N, D)`` view of a leaf for row gathers: ``(axis, to, back)``.
 
-  ``to(x)`` is ``(L, N, D)`` (``axis=0``) or ``(L, D, N)`` (``axis=1``,
-  Flax's ``(in, out)`` kernels) by a free reshape when the leaf's axes are
-  already in one of these orders, else ``(L, N, D)`` by a transpose;
-  ``back`` inverts it. ``axis`` is the neuron axis of one layer. The
-  ``(L, D, N)`` view is offered only with ``columns=True``: measured on
-  XLA:CPU, gathers of columns fused with their consumers cost more than
-  the two transposes of the ``(L, N, D)`` view.
+  ``to(x)`` is a free reshape when the leaf's axes are already in that
+  order, else a transpose; ``back`` inverts it. ``axis`` is the neuron axis of one layer (``0``).
+  Flax ``(D, N)`` kernels are transposed rather than gathered by column:
+  on XLA:CPU, column gathers fused with their consumers measured slower
+  than the two transposes.
   """
   ndim = len(shape)
   identity = tuple(range(ndim))
-  if columns and (lay.layer_axes + lay.feature_axes + (lay.neuron_axis,)
-                  == identity):
-    view = (lay.layers, lay.features, lay.neurons)
-    return (1, lambda x: x.reshape(view),
-            lambda y: y.reshape(shape))
   if lay.perm == identity:
     view = (lay.layers, lay.neurons, lay.features)
     return (0, lambda x: x.reshape(view), lambda y: y.reshape(shape))
@@ -336,13 +335,9 @@ def cosines_from_centred_gram(x: jax.Array, xc: jax.Array,
 
 
 def row_normalize(x: jax.Array) -> jax.Array:
-  """Rows of an ``(..., D)`` array divided by their norm; zero rows stay 0.
-
-  Scale-safe and NaN-free in value and gradient (see :func:`unit_rows`).
-  """
-  y = x / max_abs_scale(x, -1)
-  n = safe_norm(y, -1, keepdims=True)
-  return y / jnp.where(n > 0, n, jnp.ones_like(n))
+  """Rows of an ``(..., D)`` array divided by their norm; zero rows stay 0
+  (scale-safe and NaN-free, see :func:`_unit`)."""
+  return _unit(x, -1)
 
 
 def unit_directions(keys: jax.Array, dim: int, dtype: Any) -> jax.Array:
