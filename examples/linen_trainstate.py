@@ -21,8 +21,6 @@ Same data as ``examples/nnx_mlp.py`` (no download). Run it with::
     python examples/linen_trainstate.py --steps 500
 """
 
-from __future__ import annotations
-
 import argparse
 import time
 from typing import Any

@@ -19,8 +19,6 @@ It prints the held-out accuracy and the condensation of the head (the
 largest and the mean ``|cos|`` between its 10 class neurons).
 """
 
-from __future__ import annotations
-
 import argparse
 import time
 from typing import Any

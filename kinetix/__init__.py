@@ -21,3 +21,22 @@ from kinetix.kinetic import HardCollisionState
 from kinetix.kinetic import SoftCollisionState
 from kinetix.kinetic import hard_collision
 from kinetix.kinetic import soft_collision
+
+__all__ = (
+    'BBIState',
+    'CoolMomentumState',
+    'ECDSepState',
+    'HardCollisionState',
+    'SoftCollisionState',
+    '__version__',
+    'bbi',
+    'cool_momentum',
+    'ecdsep',
+    'hard_collision',
+    'kinetic',
+    'ko_adamw',
+    'ko_sgd',
+    'masks',
+    'metrics',
+    'soft_collision',
+)

@@ -6,21 +6,21 @@ imported, so ``--help`` is fast and matplotlib is needed only where figures
 are drawn.
 """
 
-from __future__ import annotations
-
 import argparse
 import importlib
 import sys
+import types
 from collections.abc import Sequence
 
 # name -> (one-line help, description)
 COMMANDS = {
     'condensation': (
         "the KO paper's Sec. 4.1 condensation study (5-50-1 net, Fig. 2)",
-        'Fits sum_k 3.5 sin(5 x_k + 1) on 80 points of U[-4, 2]^5 with a 5-50-1 '
-        'network (init N(0, 0.005^2)), full-batch Adam vs Adam + soft collision '
-        'vs Adam + hard collision on the hidden layer, for tanh and xtanh (and '
-        'others with --activations), several seeds at once. Writes the '
+        'Fits sum_k 3.5 sin(5 x_k + 1) on 80 points of U[-4, 2]^5 with a '
+        '5-50-1 network (init N(0, 0.005^2)), full-batch Adam vs Adam + soft '
+        'collision vs Adam + hard collision on the hidden layer, for tanh and '
+        'xtanh (and others with --activations), several seeds at once. Writes '
+        'the '
         'similarity heat maps (PNG), curves, and a JSON/Markdown table of '
         'max/mean |cos| of the hidden neurons and the loss.'),
     'digits': (
@@ -30,6 +30,14 @@ COMMANDS = {
         'soft/hard collision on the classifier head, over several seeds; '
         'writes held-out accuracy (mean ± std), head condensation, a PNG and '
         'a JSON/Markdown table.'),
+    'lm': (
+        'KO on a byte-level GPT (Flax NNX) trained on Python\'s own docs',
+        "Trains a small GPT on Python's pydoc_data.topics (bytes as tokens, "
+        'validation split by topic; --text PATH for any UTF-8 file) with '
+        'AdamW, and with soft/hard collisions on the lm_head and soft '
+        'collisions on the stacked MLP kernels (layer_axes=0), over several '
+        'seeds; writes validation bits per byte, condensation, collision '
+        'statistics and time per step (JSON/Markdown/PNG).'),
     'bench': (
         'the performance benchmark (ratios against references, JSON)',
         'Times KO collisions against the matrix products they need, Muon and '
@@ -47,7 +55,7 @@ OPTIONAL = ('matplotlib', 'sklearn', 'tqdm', 'flax')
 
 def _missing(command: str, module: str) -> str:
   return (f'kinetix {command}: needs the optional package '
-          f'{module.split(".")[0]!r}; install the extras with: '
+          f'{module.split(".", maxsplit=1)[0]!r}; install the extras with: '
           f'pip install "kinetix-optax[examples]"')
 
 
@@ -75,8 +83,9 @@ def _chosen_command(argv: Sequence[str]) -> str | None:
   return None
 
 
-def build_parser(argv: Sequence[str] = ()) -> tuple[argparse.ArgumentParser,
-                                                    object]:
+def build_parser(
+    argv: Sequence[str] = (),
+) -> tuple[argparse.ArgumentParser, types.ModuleType | None]:
   """The parser; only the subcommand named in ``argv`` gets its options.
 
   Returns ``(parser, module)`` where ``module`` is the loaded experiment

@@ -8,8 +8,6 @@ neurons are the ``out`` units (``neuron_axis=-1``); for a ``Conv`` kernel
 ``(kh, kw, in, out)`` the output channels, each with ``kh·kw·in`` features.
 """
 
-from __future__ import annotations
-
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -90,7 +88,7 @@ def layout(shape: tuple[int, ...], neuron_axis: int,
         f'default mask) or exclude this one from the mask.')
   layers = math.prod(shape[a] for a in l_axes)
   features = math.prod(shape[a] for a in feat)
-  return Layout(l_axes + (n_ax,) + feat, layers, shape[n_ax], features,
+  return Layout((*l_axes, n_ax, *feat), layers, shape[n_ax], features,
                 n_ax, l_axes, feat)
 
 
@@ -158,7 +156,7 @@ def resolve_mask(mask: Any, params: Any, treedef: Any,
         f'a pytree of bools with the structure of params (or a prefix of it), '
         f'or a callable params -> such a pytree. Details: {e}') from e
   out = []
-  for flag, path in zip(flags, paths):
+  for flag, path in zip(flags, paths, strict=True):
     if _utils.is_traced(flag):
       raise TypeError(
           f'{name}: the mask value for leaf {path!r} is traced; masks must be '
@@ -190,8 +188,10 @@ def pow2_floor(m: jax.Array) -> jax.Array:
 
 
 def max_abs_scale(x: jax.Array, axis: Any = None) -> jax.Array:
-  """:func:`pow2_floor` of ``max|x|`` over ``axis`` (kept as size-1 axes);
-  a scalar for ``axis=None``."""
+  """:func:`pow2_floor` of ``max|x|`` over ``axis`` (kept as size-1 axes).
+
+  A scalar for ``axis=None``.
+  """
   return pow2_floor(jnp.max(jnp.abs(x), axis=axis,
                             keepdims=axis is not None))
 
@@ -221,8 +221,7 @@ def _unit(x: jax.Array, axis: Any) -> jax.Array:
 
 
 def unit_rows(x: jax.Array, lay: Layout) -> jax.Array:
-  """Each neuron of ``x`` (leaf layout) divided by its norm (see
-  :func:`_unit`)."""
+  """Each neuron of ``x`` (leaf layout) divided by its norm (:func:`_unit`)."""
   return _unit(x, lay.feature_axes)
 
 
@@ -247,7 +246,7 @@ def mix_order(lay: Layout, ndim: int) -> tuple[tuple[int, ...], bool]:
   order, so that no transpose is needed (Flax ``(in, out)`` kernels and
   PyTorch-style ``(out, in)`` matrices both qualify).
   """
-  s_first = lay.layer_axes + (lay.neuron_axis,) + lay.feature_axes
+  s_first = (*lay.layer_axes, lay.neuron_axis, *lay.feature_axes)
   g_first = lay.layer_axes + lay.feature_axes + (lay.neuron_axis,)
   if s_first == tuple(range(ndim)):
     return s_first, True
@@ -281,7 +280,8 @@ def matrix_view(lay: Layout, shape: tuple[int, ...]):
   """An ``(L, N, D)`` view of a leaf for row gathers: ``(axis, to, back)``.
 
   ``to(x)`` is a free reshape when the leaf's axes are already in that
-  order, else a transpose; ``back`` inverts it. ``axis`` is the neuron axis of one layer (``0``).
+  order, else a transpose; ``back`` inverts it. ``axis`` is the neuron axis
+  of one layer (``0``).
   Flax ``(D, N)`` kernels are transposed rather than gathered by column:
   on XLA:CPU, column gathers fused with their consumers measured slower
   than the two transposes.
@@ -335,8 +335,10 @@ def cosines_from_centred_gram(x: jax.Array, xc: jax.Array,
 
 
 def row_normalize(x: jax.Array) -> jax.Array:
-  """Rows of an ``(..., D)`` array divided by their norm; zero rows stay 0
-  (scale-safe and NaN-free, see :func:`_unit`)."""
+  """Rows of an ``(..., D)`` array divided by their norm.
+
+  Zero rows stay 0 (scale-safe and NaN-free, see :func:`_unit`).
+  """
   return _unit(x, -1)
 
 

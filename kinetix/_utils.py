@@ -4,8 +4,6 @@ Nothing here creates a jnp array at import or at transformation-construction
 time; everything that touches device memory runs inside ``init``/``update``.
 """
 
-from __future__ import annotations
-
 import numbers
 import zlib
 from collections.abc import Callable, Sequence
@@ -14,8 +12,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-KeyLike = Any  # int | typed key | legacy uint32[2] key
+# A PRNG key argument: an int seed, a typed key (``jax.random.key``) or a
+# legacy ``uint32[2]`` key (``jax.random.PRNGKey``).
+KeyLike = int | jax.Array | np.ndarray
 
 
 def is_traced(x: Any) -> bool:
@@ -65,7 +66,8 @@ def check_scalar_or_schedule(name: str, value: Any, *, lo: float | None = None,
   v = concrete_float(value)
   if v is None:
     raise TypeError(f'{name} must be a real number; got {value!r}')
-  rng = f'[{lo if lo is not None else "-inf"}, {hi if hi is not None else "inf"}]'
+  rng = (f'[{lo if lo is not None else "-inf"}, '
+         f'{hi if hi is not None else "inf"}]')
   if not np.isfinite(v) or (lo is not None and v < lo) or (
       hi is not None and v > hi):
     raise ValueError(f'{name} must lie in {rng}; got {v}')
@@ -132,15 +134,35 @@ def canonicalize_key(key: KeyLike) -> jax.Array:
   """Returns a typed PRNG key from an int, a typed key or a legacy key."""
   if isinstance(key, (jax.Array, np.ndarray)):
     if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-      return key
+      return jnp.asarray(key)
     if key.dtype == np.uint32 and key.shape == (2,):
       return jax.random.wrap_key_data(jnp.asarray(key))
   return jax.random.key(key)
 
 
+def increment(count: jax.Array) -> jax.Array:
+  """``count + 1``, saturating at the dtype's maximum (``optax``'s rule)."""
+  return jnp.asarray(optax.safe_increment(count))
+
+
 def compute_dtype(dtype: Any) -> Any:
   """The dtype kinetix computes in for a leaf of ``dtype``: at least float32."""
   return jnp.promote_types(dtype, jnp.float32)
+
+
+def state_dtype(params: Any) -> Any:
+  """The dtype of kinetix's scalar float state for ``params``.
+
+  The lowest floating dtype among the leaves, promoted to at least float32
+  (float32 when there is no floating leaf): bf16/f16/f32 params give float32,
+  all-float64 params (x64) give float64. Works on ``jax.ShapeDtypeStruct``.
+  """
+  dtypes = [compute_dtype(leaf.dtype)
+            for leaf in jax.tree_util.tree_leaves(params)
+            if hasattr(leaf, 'dtype')
+            and jnp.issubdtype(leaf.dtype, jnp.floating)]
+  return min(dtypes, key=lambda d: jnp.dtype(d).itemsize,
+             default=jnp.dtype(jnp.float32))
 
 
 def path_to_str(path: tuple[Any, ...]) -> str:
@@ -192,10 +214,11 @@ def check_array_leaves(name: str, params: Any) -> None:
     if hasattr(leaf, 'shape') and hasattr(leaf, 'dtype'):
       continue  # array-likes, e.g. nnx.Variable values
     raise TypeError(
-        f'{name}: params leaf {path!r} is a {type(leaf).__name__} ({leaf!r:.80}),'
-        f' not an array. Pass only the arrays of a model: with Equinox, '
-        f'params = eqx.filter(model, eqx.is_array) (and eqx.filter_grad for '
-        f'the gradients); with Flax NNX, nnx.state(model, nnx.Param).')
+        f'{name}: params leaf {path!r} is a {type(leaf).__name__} '
+        f'({leaf!r:.80}), not an array. Pass only the arrays of a model: '
+        f'with Equinox, params = eqx.filter(model, eqx.is_array) (and '
+        f'eqx.filter_grad for the gradients); with Flax NNX, '
+        f'nnx.state(model, nnx.Param).')
 
 
 def check_floating(name: str, params: Any) -> None:

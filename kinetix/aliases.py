@@ -1,7 +1,5 @@
 """KO with a base optimizer in one transformation: ``ko_sgd``, ``ko_adamw``."""
 
-from __future__ import annotations
-
 from collections.abc import Mapping
 from typing import Any
 
@@ -156,7 +154,9 @@ def ko_adamw(
 
   Args:
     learning_rate: a float or an Optax schedule.
-    b1, b2, eps: Adam's moment decays and epsilon.
+    b1: Adam's decay of the first moment.
+    b2: Adam's decay of the second moment.
+    eps: Adam's epsilon, added to the root of the second moment.
     weight_decay: decoupled weight decay (``>= 0``).
     collision: ``"soft"``, ``"hard"`` or ``"none"``.
     coll_coef: the collision coefficient, a float in ``[0, 1]`` or a schedule.

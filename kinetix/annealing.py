@@ -1,9 +1,9 @@
-"""CoolMomentum: Langevin dynamics with simulated annealing of the momentum.
+r"""CoolMomentum: Langevin dynamics with simulated annealing of the momentum.
 
-The discretised Langevin equation :math:`m\\ddot x = -\\nabla U - \\gamma m
-\\dot x` is heavy-ball momentum with :math:`\\rho = (1 - \\gamma\\Delta t/2) /
-(1 + \\gamma\\Delta t/2)`; cooling the system (raising the friction
-:math:`\\gamma`) lowers :math:`\\rho` from :math:`\\rho_0 \\approx 1` to 0.
+The discretised Langevin equation :math:`m\ddot x = -\nabla U - \gamma m
+\dot x` is heavy-ball momentum with :math:`\rho = (1 - \gamma\Delta t/2) /
+(1 + \gamma\Delta t/2)`; cooling the system (raising the friction
+:math:`\gamma`) lowers :math:`\rho` from :math:`\rho_0 \approx 1` to 0.
 
 >>> import kinetix
 >>> tx = kinetix.cool_momentum(0.01, rho0=0.99, total_steps=10_000)
@@ -13,8 +13,6 @@ References:
   Langevin dynamics with simulated annealing
   <https://doi.org/10.1038/s41598-021-90144-3>`_, Sci. Rep. 11, 10705, 2021.
 """
-
-from __future__ import annotations
 
 from typing import Any, NamedTuple
 
@@ -36,21 +34,6 @@ class CoolMomentumState(NamedTuple):
   velocity: Any        # pytree like params, each leaf in max(its dtype,
                        #   float32): v_t, the (positive) step of the latest
                        #   update; params move by -v_t.
-
-
-def _state_dtype(params: Any) -> Any:
-  """The dtype of kinetix's scalar float state for ``params``.
-
-  The lowest floating dtype among the leaves, promoted to at least float32
-  (float32 when there is no floating leaf): bf16/f16/f32 params give float32,
-  all-float64 params (x64) give float64. Works on ``jax.ShapeDtypeStruct``.
-  """
-  dtypes = [_utils.compute_dtype(leaf.dtype)
-            for leaf in jax.tree_util.tree_leaves(params)
-            if hasattr(leaf, 'dtype')
-            and jnp.issubdtype(leaf.dtype, jnp.floating)]
-  return min(dtypes, key=lambda d: jnp.dtype(d).itemsize,
-             default=jnp.dtype(jnp.float32))
 
 
 def cool_momentum_rho(step: Any, rho0: Any, total_steps: Any,
@@ -212,7 +195,7 @@ def cool_momentum(
 
   def init_fn(params):
     _utils.check_floating('cool_momentum', params)
-    sdt = _state_dtype(params)
+    sdt = _utils.state_dtype(params)
     return CoolMomentumState(
         count=jnp.zeros([], jnp.int32),
         rho=jnp.asarray(rho0, sdt),
@@ -244,6 +227,6 @@ def cool_momentum(
     new_updates = jax.tree.map(lambda v, g: (-v).astype(g.dtype), velocity,
                                updates)
     return new_updates, CoolMomentumState(
-        count=optax.safe_increment(state.count), rho=rho, velocity=velocity)
+        count=_utils.increment(state.count), rho=rho, velocity=velocity)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

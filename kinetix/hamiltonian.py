@@ -28,8 +28,6 @@ References:
   2023.
 """
 
-from __future__ import annotations
-
 from typing import Any, NamedTuple
 
 import jax
@@ -38,8 +36,6 @@ import numpy as np
 import optax
 
 from kinetix import _utils
-# The params-derived scalar-state dtype is shared with CoolMomentum.
-from kinetix.annealing import _state_dtype
 
 # A bounce threshold at or above this never fires (int32 counters saturate).
 _NEVER = 2**31 - 1
@@ -85,7 +81,7 @@ class ECDSepState(NamedTuple):
 
 
 def _sq_norm(tree: Any, dtype: Any) -> jax.Array:
-  """sum of squares over all leaves of ``tree``, accumulated in ``dtype``."""
+  """Sum of squares over all leaves of ``tree``, accumulated in ``dtype``."""
   leaves = jax.tree_util.tree_leaves(tree)
   return sum((jnp.sum(jnp.square(x.astype(jnp.promote_types(x.dtype, dtype))))
               .astype(dtype) for x in leaves), jnp.zeros([], dtype))
@@ -259,6 +255,122 @@ def _rescale(target: jax.Array, current: jax.Array, eps1: jax.Array,
 
 
 # --------------------------------------------------------------------------
+# The physics of one step, one equation per function (as jax-md writes its
+# integrators). Momenta, gradients and updates are lists of leaves; ``sdt``
+# is the dtype of the scalar state.
+
+
+def _bbi_initial_momentum(g: list[jax.Array], v_init: jax.Array,
+                          delta_energy: jax.Array) -> list[jax.Array]:
+  r"""BBI's start: each leaf of the momentum along its :math:`-g`.
+
+  With :math:`|\pi_\text{leaf}|^2 = \delta E(2V_0 + \delta E)/V_0`, the
+  closed form of the reference's :math:`E^2/V_0 - V_0`; an all-zero
+  leaf starts at rest.
+  """
+  v0_safe = jnp.where(v_init > 0, v_init, jnp.ones_like(v_init))
+  norm = _utils.safe_sqrt(delta_energy * (2 * v_init + delta_energy)
+                          / v0_safe)
+  out = []
+  for x in g:
+    n = _utils.safe_sqrt(jnp.sum(jnp.square(x)))
+    out.append(-(x / jnp.where(n > 0, n, jnp.ones_like(n)))
+               * norm.astype(x.dtype))
+  return out
+
+
+def _bbi_energy_rescale(pi: list[jax.Array], v: jax.Array,
+                        energy: jax.Array, eps1: jax.Array,
+                        sdt: Any) -> jax.Array:
+  r""":math:`r = \sqrt{(E^2/V - V)/|\pi|^2}`, which restores :math:`H = E`."""
+  return _rescale(v * (jnp.square(energy / v) - 1), _sq_norm(pi, sdt), eps1)
+
+
+def _bbi_kick(pi: list[jax.Array], g: list[jax.Array], r: jax.Array,
+              dt: jax.Array, v: jax.Array,
+              energy: jax.Array) -> list[jax.Array]:
+  r""":math:`\pi \leftarrow r\,\pi - \frac{\Delta t}{2}(V/E + E/V)\,g`."""
+  kick = 0.5 * dt * (v / energy + energy / v)
+  return [r.astype(p.dtype) * p - kick.astype(p.dtype) * x
+          for p, x in zip(pi, g, strict=True)]
+
+
+def _bbi_drift(pi: list[jax.Array], dt: jax.Array, v: jax.Array,
+               energy: jax.Array, like: list[jax.Array]) -> list[jax.Array]:
+  r"""The parameter delta :math:`\Delta t\,(V/E)\,\pi` (``like``'s dtypes)."""
+  move = dt * (v / energy)
+  return [(move.astype(p.dtype) * p).astype(x.dtype)
+          for p, x in zip(pi, like, strict=True)]
+
+
+def _bbi_bounce(pi: list[jax.Array], key: jax.Array, seeds: list[int],
+                sdt: Any) -> list[jax.Array]:
+  """A billiard bounce: a uniformly random direction with ``|pi|`` kept.
+
+  Leaf ``i`` draws ``uniform(fold_in(key, seeds[i]), [-1/2, 1/2))``.
+  """
+  u = [jax.random.uniform(jax.random.fold_in(key, seed), p.shape, p.dtype,
+                          -0.5, 0.5, out_sharding=_utils.sharding_like(p))
+       for p, seed in zip(pi, seeds, strict=True)]
+  scale = _utils.safe_sqrt(_safe_div(_sq_norm(pi, sdt), _sq_norm(u, sdt)))
+  return [x * scale.astype(x.dtype) for x in u]
+
+
+def _ecdsep_initial_momentum(raw_g: list[jax.Array], de: jax.Array,
+                             sdt: Any) -> list[jax.Array]:
+  r"""ECDSep's start :math:`p = -g\sqrt{\delta E'/|g|^2}`.
+
+  Normalised over the whole model, with the gradient without weight decay.
+  """
+  scale = _utils.safe_sqrt(_safe_div(de, _sq_norm(raw_g, sdt)))
+  return [-x * scale.astype(x.dtype) for x in raw_g]
+
+
+def _ecdsep_energy_rescale(p2: jax.Array, v: jax.Array,
+                           exp_energy: jax.Array, s: jax.Array,
+                           eps1: jax.Array) -> jax.Array:
+  r""":math:`c = \sqrt{(e^E/V - s)/p^2}`: back on :math:`V(s + p^2) = e^E`."""
+  return _rescale(exp_energy / v - s, p2, eps1)
+
+
+def _ecdsep_kick(p: list[jax.Array], g: list[jax.Array], cf: jax.Array,
+                 dt: jax.Array, eta: jax.Array,
+                 base: jax.Array) -> list[jax.Array]:
+  r""":math:`p \leftarrow c\,p - \Delta t\,\frac{\eta}{F - F_0}\,g`."""
+  kick = dt * eta / base
+  return [cf.astype(x.dtype) * x - kick.astype(x.dtype) * gx
+          for x, gx in zip(p, g, strict=True)]
+
+
+def _ecdsep_drift(p: list[jax.Array], p2: jax.Array, s: jax.Array,
+                  dt: jax.Array, like: list[jax.Array]) -> list[jax.Array]:
+  r"""The parameter delta :math:`2\Delta t\,p/(s + |p|^2)`, like ``like``."""
+  den = s + p2
+  move = 2 * dt / jnp.where(den == 0, jnp.ones_like(den), den)
+  return [(move.astype(x.dtype) * x).astype(u.dtype)
+          for x, u in zip(p, like, strict=True)]
+
+
+def _ecdsep_rotate(p: list[jax.Array], p2: jax.Array, nu: jax.Array,
+                   key: jax.Array, seeds: list[int],
+                   sdt: Any) -> list[jax.Array]:
+  r"""The "generalized bounce", a small rotation of :math:`p` keeping |p|.
+
+  :math:`d = p/|p| + \nu z`, :math:`p \leftarrow |p|\,d/|d|`, with
+  :math:`z \sim \mathcal N(0, I)` drawn from ``fold_in(key, seeds[i])`` for
+  leaf ``i``. ``p = 0`` stays 0 (the reference divides 0 by 0 here).
+  """
+  norm = _utils.safe_sqrt(p2)
+  safe_norm = jnp.where(norm > 0, norm, jnp.ones_like(norm))
+  d = [x / safe_norm.astype(x.dtype) + nu.astype(x.dtype)
+       * jax.random.normal(jax.random.fold_in(key, seed), x.shape, x.dtype,
+                           out_sharding=_utils.sharding_like(x))
+       for x, seed in zip(p, seeds, strict=True)]
+  back = _safe_div(norm, _utils.safe_sqrt(_sq_norm(d, sdt)))
+  return [x * back.astype(x.dtype) for x in d]
+
+
+# --------------------------------------------------------------------------
 # BBI
 
 
@@ -393,7 +505,7 @@ def bbi(
 
   def init_fn(params):
     _utils.check_floating(name, params)
-    sdt = _state_dtype(params)
+    sdt = _utils.state_dtype(params)
     zero = jnp.zeros([], jnp.int32)
     return BBIState(
         count=zero, iteration=zero, counter=zero, counter0=zero,
@@ -408,7 +520,7 @@ def bbi(
     sdt = state.energy.dtype
     f = _check_value(name, value, sdt)
     grads, mom, seeds, treedef = _flatten(name, updates, state.momentum)
-    g = [x.astype(m.dtype) for x, m in zip(grads, mom)]
+    g = [x.astype(m.dtype) for x, m in zip(grads, mom, strict=True)]
     c = lambda x: jnp.asarray(x, sdt)  # noqa: E731
     v = f - c(v0)
     dt = c(_utils.resolve(learning_rate, state.count))
@@ -436,30 +548,14 @@ def bbi(
       return (zeros(), mom, state.iteration, counter, counter0, fixed,
               state.bounces, min_v)
 
-    def initial_momentum():
-      v0_safe = jnp.where(v_init > 0, v_init, c(1.0))
-      de = c(delta_energy)
-      norm = _utils.safe_sqrt(de * (2 * v_init + de) / v0_safe)
-      out = []
-      for x in g:
-        n = _utils.safe_sqrt(jnp.sum(jnp.square(x)))
-        out.append(-(x / jnp.where(n > 0, n, jnp.ones_like(n)))
-                   * norm.astype(x.dtype))
-      return out
-
     def step():
-      pi = jax.lax.cond(first, initial_momentum, lambda: mom)
-      if conserve:
-        ps2 = _sq_norm(pi, sdt)
-        r = _rescale(v * (jnp.square(energy / v) - 1), ps2, c(eps1))
-      else:
-        r = c(1.0)
-      kick = 0.5 * dt * (v / energy + energy / v)
-      move = dt * (v / energy)
-      new_pi = [r.astype(p.dtype) * p - kick.astype(p.dtype) * x
-                for p, x in zip(pi, g)]
-      new_updates = [(move.astype(p.dtype) * p).astype(x.dtype)
-                     for p, x in zip(new_pi, grads)]
+      pi = jax.lax.cond(
+          first, lambda: _bbi_initial_momentum(g, v_init, c(delta_energy)),
+          lambda: mom)
+      r = (_bbi_energy_rescale(pi, v, energy, c(eps1), sdt) if conserve
+           else c(1.0))
+      new_pi = _bbi_kick(pi, g, r, dt, v, energy)
+      new_updates = _bbi_drift(new_pi, dt, v, energy, grads)
       improved = v < min_v
       return (new_updates, new_pi, optax.safe_increment(state.iteration),
               jnp.where(improved, zero, optax.safe_increment(counter)),
@@ -467,12 +563,7 @@ def bbi(
               jnp.where(improved, v, min_v))
 
     def bounce():
-      u = [jax.random.uniform(jax.random.fold_in(step_key, seed), p.shape,
-                              p.dtype, -0.5, 0.5,
-                              out_sharding=_utils.sharding_like(p))
-           for p, seed in zip(mom, seeds)]
-      scale = _utils.safe_sqrt(_safe_div(_sq_norm(mom, sdt), _sq_norm(u, sdt)))
-      new_pi = [x * scale.astype(x.dtype) for x in u]
+      new_pi = _bbi_bounce(mom, step_key, seeds, sdt)
       new_fixed = fixed + fixed_due.astype(jnp.int32)
       new_counter0 = jnp.where(
           fixed_due,
@@ -486,7 +577,7 @@ def bbi(
      min_v) = jax.lax.switch(branch, (skip, step, bounce))
     unflat = lambda xs: jax.tree_util.tree_unflatten(treedef, xs)  # noqa: E731
     return unflat(new_updates), BBIState(
-        count=optax.safe_increment(state.count), iteration=iteration,
+        count=_utils.increment(state.count), iteration=iteration,
         counter=counter, counter0=counter0, fixed_bounces=fixed,
         bounces=bounces, momentum=unflat(new_pi), energy=energy,
         v_init=v_init, min_v=min_v, key=new_key)
@@ -637,7 +728,7 @@ def ecdsep(
 
   def init_fn(params):
     _utils.check_floating(name, params)
-    sdt = _state_dtype(params)
+    sdt = _utils.state_dtype(params)
     zero = jnp.zeros([], jnp.int32)
     return ECDSepState(
         count=zero, iteration=zero, momentum=_init_momentum(params),
@@ -649,18 +740,18 @@ def ecdsep(
     sdt = state.p2.dtype
     f = _check_value(name, value, sdt)
     grads, mom, seeds, treedef = _flatten(name, updates, state.momentum)
-    g = [x.astype(m.dtype) for x, m in zip(grads, mom)]
+    g = [x.astype(m.dtype) for x, m in zip(grads, mom, strict=True)]
     c = lambda x: jnp.asarray(x, sdt)  # noqa: E731
     if not no_decay:
       if params is None:
         raise ValueError(f'{name} with weight_decay needs the params: call '
                          f'tx.update(grads, state, params, value=loss).')
       theta = [x.astype(m.dtype) for x, m in
-               zip(treedef.flatten_up_to(params), mom)]
+               zip(treedef.flatten_up_to(params), mom, strict=True)]
       wd = c(weight_decay)
       f = f + 0.5 * wd * _sq_norm(theta, sdt)
-      g = [x + wd.astype(x.dtype) * t for x, t in zip(g, theta)]
-      raw_g = [x.astype(m.dtype) for x, m in zip(grads, mom)]
+      g = [x + wd.astype(x.dtype) * t for x, t in zip(g, theta, strict=True)]
+      raw_g = [x.astype(m.dtype) for x, m in zip(grads, mom, strict=True)]
     else:
       raw_g = g
     base = f - c(f0)
@@ -673,10 +764,7 @@ def ecdsep(
     de = jnp.where(s_ == 1, c(delta_energy), c(1.0))
 
     def initialise():
-      # Global normalisation of the raw gradient (without weight decay).
-      g2 = _sq_norm(raw_g, sdt)
-      scale = _utils.safe_sqrt(_safe_div(de, g2))
-      return [-x * scale.astype(x.dtype) for x in raw_g], de, v * (s_ + de)
+      return (_ecdsep_initial_momentum(raw_g, de, sdt), de, v * (s_ + de))
 
     first = state.iteration == 0
     p, p2, exp_energy = jax.lax.cond(
@@ -687,34 +775,19 @@ def ecdsep(
       return [jnp.zeros_like(x) for x in grads], p, p2, state.iteration
 
     def step():
-      if conserve:
-        cf = _rescale(exp_energy / v - s_, p2, c(eps1))
-      else:
-        cf = c(1.0)
-      kick = dt * c(eta) / base
-      new_p = [cf.astype(x.dtype) * x - kick.astype(x.dtype) * gx
-               for x, gx in zip(p, g)]
+      cf = (_ecdsep_energy_rescale(p2, v, exp_energy, s_, c(eps1))
+            if conserve else c(1.0))
+      new_p = _ecdsep_kick(p, g, cf, dt, c(eta), base)
       big_p2 = _sq_norm(new_p, sdt)
-      den = s_ + big_p2
-      move = 2 * dt / jnp.where(den == 0, jnp.ones_like(den), den)
-      new_updates = [(move.astype(x.dtype) * x).astype(u.dtype)
-                     for x, u in zip(new_p, grads)]
+      new_updates = _ecdsep_drift(new_p, big_p2, s_, dt, grads)
       if not no_noise:
-        # p = 0 stays 0 (the reference divides 0 by 0 here).
-        norm = _utils.safe_sqrt(big_p2)
-        safe_norm = jnp.where(norm > 0, norm, jnp.ones_like(norm))
-        d = [x / safe_norm.astype(x.dtype) + c(nu).astype(x.dtype)
-             * jax.random.normal(jax.random.fold_in(step_key, seed), x.shape,
-                                 x.dtype, out_sharding=_utils.sharding_like(x))
-             for x, seed in zip(new_p, seeds)]
-        back = _safe_div(norm, _utils.safe_sqrt(_sq_norm(d, sdt)))
-        new_p = [x * back.astype(x.dtype) for x in d]
+        new_p = _ecdsep_rotate(new_p, big_p2, c(nu), step_key, seeds, sdt)
       return new_updates, new_p, big_p2, optax.safe_increment(state.iteration)
 
     new_updates, new_p, p2, iteration = jax.lax.cond(active, step, skip)
     unflat = lambda xs: jax.tree_util.tree_unflatten(treedef, xs)  # noqa: E731
     return unflat(new_updates), ECDSepState(
-        count=optax.safe_increment(state.count), iteration=iteration,
+        count=_utils.increment(state.count), iteration=iteration,
         momentum=unflat(new_p), p2=p2, exp_energy=exp_energy, key=new_key)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -13,8 +13,6 @@ References:
   Simulation Approaches <https://arxiv.org/abs/2505.14777>`_, 2025.
 """
 
-from __future__ import annotations
-
 import warnings
 from typing import Any, NamedTuple
 
@@ -32,10 +30,12 @@ PAIRINGS = ('all', 'disjoint')
 
 class SoftCollisionState(NamedTuple):
   """State of :func:`soft_collision`."""
-  count: jax.Array            # shape=(), dtype=int32: steps taken.
-  key: jax.Array              # shape=(), typed PRNG key (noise), split each step.
-  mean_abs_cos: jax.Array     # shape=(), float32: mean off-diagonal |cos(w_i, w_j)|
-                              #   over the selected layers at the last step.
+  count: jax.Array            # shape=(), int32: steps taken.
+  key: jax.Array              # shape=(), typed PRNG key (noise), split each
+                              #   step.
+  mean_abs_cos: jax.Array     # shape=(), float32: mean off-diagonal
+                              #   |cos(w_i, w_j)| over the selected layers at
+                              #   the last step.
   relative_change: jax.Array  # shape=(), float32: |Δg| / |g| over the selected
                               #   leaves at the last step (collision strength).
 
@@ -44,7 +44,8 @@ class HardCollisionState(NamedTuple):
   """State of :func:`hard_collision`."""
   count: jax.Array              # shape=(), dtype=int32: steps taken.
   key: jax.Array                # shape=(), typed PRNG key, split each step.
-  accepted_pairs: jax.Array     # shape=(), int32: pairs that collided last step.
+  accepted_pairs: jax.Array     # shape=(), int32: pairs that collided at the
+                                #   last step.
   accepted_fraction: jax.Array  # shape=(), float32: accepted / tested pairs.
   mean_abs_cos: jax.Array       # shape=(), float32: mean off-diagonal |cos| of
                                 #   the selected layers (disjoint: over the
@@ -74,7 +75,8 @@ def _selected_leaves(name: str, updates: Any, params: Any, mask: Any,
                      f'updates: {e}') from e
   flags = _neurons.resolve_mask(mask, params, treedef, paths, name)
   selected = []
-  for i, ((_, u), p, path, on) in enumerate(zip(flat_u, flat_p, paths, flags)):
+  leaves = zip(flat_u, flat_p, paths, flags, strict=True)
+  for i, ((_, u), p, path, on) in enumerate(leaves):
     if not on:
       continue
     p_shape = tuple(getattr(p, 'shape', ()))
@@ -124,11 +126,9 @@ def _f32(x) -> jax.Array:
   return jnp.asarray(x, jnp.float32)
 
 
-def _mean_abs_offdiag(cos: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """``(sum of |cos_ij| over i != j, number of such entries)``."""
-  n = cos.shape[-1]
-  total = jnp.sum(jnp.abs(cos)) - jnp.sum(jnp.abs(jnp.diagonal(cos)))
-  return total, n * (n - 1)
+def _sum_abs_offdiag(cos: jax.Array) -> jax.Array:
+  """The sum of ``|cos_ij|`` over ``i != j``."""
+  return jnp.sum(jnp.abs(cos)) - jnp.sum(jnp.abs(jnp.diagonal(cos)))
 
 
 # --------------------------------------------------------------------------
@@ -368,7 +368,7 @@ def soft_collision(
       cos_n += lay.layers * lay.neurons * (lay.neurons - 1)
       sums.append(leaf_sums)
     new_state = SoftCollisionState(
-        count=optax.safe_increment(state.count),
+        count=_utils.increment(state.count),
         key=new_key,
         mean_abs_cos=cos_sum / float(max(cos_n, 1)),
         relative_change=_relative_change(sums))
@@ -413,12 +413,15 @@ def _acceptance(w, g, coef, distance_scale):
   score = ratio * jnp.exp(-distance_scale * w_r)
   accept = (score > 1.0 - coef) & ~jnp.eye(n, dtype=bool)
   cos = _neurons.cosines_from_centred_gram(w / w_scale, wc, gram_w)
-  return accept, _mean_abs_offdiag(cos)[0]
+  return accept, _sum_abs_offdiag(cos)
 
 
 def _first_at_least(lookup, size: int, targets):
-  """Smallest ``k`` in ``[0, size)`` with ``lookup(k) >= targets`` (binary
-  search over a non-decreasing ``lookup``, one gather per step and target)."""
+  """Smallest ``k`` in ``[0, size)`` with ``lookup(k) >= targets``.
+
+  A binary search over a non-decreasing ``lookup``: one gather per step and
+  target.
+  """
   lo = jnp.zeros_like(targets)
   hi = jnp.full_like(targets, size - 1)
 
@@ -702,7 +705,7 @@ def hard_collision(
 
       def leaf_update(u, p, leaf_key, coef_raw, lay=lay):
         cdt = _utils.compute_dtype(u.dtype)
-        keys = jax.vmap(lambda l: jax.random.fold_in(leaf_key, l))(
+        keys = jax.vmap(lambda i: jax.random.fold_in(leaf_key, i))(
             jnp.arange(lay.layers))
         if pairing == 'disjoint':
           # O(N·D): an (L, N, D) view, a free reshape when the leaf is stored
@@ -720,7 +723,8 @@ def hard_collision(
                   *_scaled_sq_sums(new, u.astype(cdt)))
         # The pair phase gathers rows: materialise the (L, N, D) view once.
         g, w = jax.lax.optimization_barrier(
-            (_neurons.to_neurons(u, lay, cdt), _neurons.to_neurons(p, lay, cdt)))
+            (_neurons.to_neurons(u, lay, cdt),
+             _neurons.to_neurons(p, lay, cdt)))
         # Per-layer power-of-two scale: exact, and no squares overflow.
         scale = _neurons.max_abs_scale(g, (1, 2))
         fn = layer_fn(lay, jnp.asarray(coef_raw, cdt),
@@ -744,7 +748,7 @@ def hard_collision(
       cos_sum += cos_leaf
       cos_n += lay.layers * (pairs if pairing == 'disjoint' else 2 * pairs)
     new_state = HardCollisionState(
-        count=optax.safe_increment(state.count),
+        count=_utils.increment(state.count),
         key=new_key,
         accepted_pairs=accepted,
         # Python floats: pair counts pass int32 at N ≈ 46k (an lm_head).

@@ -26,8 +26,6 @@ References:
   (Sec. 4.1: "neuron similarity" is the largest off-diagonal ``|cos|``).
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 import jax
@@ -198,7 +196,8 @@ def condensation(
     >>> stats = jax.jit(metrics.condensation)(params)
     >>> sorted(stats)
     ['head/kernel', 'hidden/kernel']
-    >>> float(stats['hidden/kernel']['max_abs_cos'])  # neurons 0, 2 antiparallel
+    >>> # neurons 0 and 2 are antiparallel
+    >>> float(stats['hidden/kernel']['max_abs_cos'])
     1.0
     >>> float(stats['hidden/kernel']['mean_abs_cos'])  # all on one line
     1.0
@@ -218,7 +217,7 @@ def condensation(
   paths = [_utils.path_to_str(p) for p, _ in flat]
   flags = _neurons.resolve_mask(mask, params, treedef, paths, 'condensation')
   out = {}
-  for (_, leaf), path, on in zip(flat, paths, flags):
+  for (_, leaf), path, on in zip(flat, paths, flags, strict=True):
     if not on:
       continue
     lay = _neurons.layout(tuple(jnp.shape(leaf)), n_ax, l_axes, path)

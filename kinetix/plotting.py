@@ -1,10 +1,10 @@
 """Figures for condensation studies: similarity heat maps and training curves.
 
-Needs matplotlib (``pip install "kinetix-optax[examples]"``); it is not imported by
-``import kinetix``. Figures are built with :class:`matplotlib.figure.Figure`
-directly, not ``pyplot``, so nothing here depends on (or changes) the active
-backend: save them with ``fig.savefig(...)``; in Jupyter they display as the
-value of a cell.
+Needs matplotlib (``pip install "kinetix-optax[examples]"``); it is not
+imported by ``import kinetix``. Figures are built with
+:class:`matplotlib.figure.Figure` directly, not ``pyplot``, so nothing here
+depends on (or changes) the active backend: save them with
+``fig.savefig(...)``; in Jupyter they display as the value of a cell.
 
 >>> import numpy as np
 >>> from kinetix import plotting
@@ -13,8 +13,6 @@ value of a cell.
 >>> ax.get_title()
 'two neurons'
 """
-
-from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -27,16 +25,16 @@ try:
   from matplotlib.figure import Figure
 except ImportError as e:  # pragma: no cover - exercised only without the extra
   raise ImportError(
-      'kinetix.plotting needs matplotlib: pip install "kinetix-optax[examples]" '
-      '(or pip install matplotlib).') from e
+      'kinetix.plotting needs matplotlib: pip install '
+      '"kinetix-optax[examples]" (or pip install matplotlib).') from e
 
 __all__ = [
-    'SIMILARITY_CMAP',
-    'similarity_order',
-    'similarity_heatmap',
-    'similarity_grid',
-    'training_curves',
-    'mean_std_bars',
+  'SIMILARITY_CMAP',
+  'mean_std_bars',
+  'similarity_grid',
+  'similarity_heatmap',
+  'similarity_order',
+  'training_curves',
 ]
 
 # The KO paper's colours: navy for opposite directions (cos = -1), beige for
@@ -164,13 +162,16 @@ def similarity_grid(matrices: Sequence[Sequence[Any]],
     The ``Figure``, with one shared colour bar.
   """
   rows, cols = len(row_labels), len(col_labels)
+  if not rows or not cols:
+    raise ValueError('similarity_grid needs at least one row and one column '
+                     'label')
   if len(matrices) != rows or any(len(r) != cols for r in matrices):
     raise ValueError(f'matrices must be {rows} rows × {cols} columns to match '
                      f'the labels')
   fig = Figure(figsize=(cell_size * cols + 0.9, cell_size * rows + 0.5 +
                         (0.35 if title else 0.0)), layout='constrained')
   axes = np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
-  image = None
+  image: Any = None
   for r in range(rows):
     for c in range(cols):
       ax = axes[r, c]
@@ -200,7 +201,9 @@ def training_curves(curves: Mapping[str, Any], ax: Any = None, *,
       ``(seeds, steps)``; the mean over seeds is drawn, with a ±1 std band.
     ax: an ``Axes`` to draw into; ``None`` makes a new figure.
     x: the x values (default ``0, 1, ...``), shared by all curves.
-    xlabel, ylabel, title: axis labels and title.
+    xlabel: the x axis label.
+    ylabel: the y axis label (none by default).
+    title: the title of the ``Axes`` (none by default).
     logy: logarithmic y axis.
     band: draw the ±1 std band when there are several seeds.
 
@@ -252,7 +255,9 @@ def mean_std_bars(groups: Mapping[str, Mapping[str, Any]], ax: Any = None, *,
       series (bars of one series share a colour), ``values`` are per-seed
       numbers.
     ax: an ``Axes``; ``None`` makes a new figure.
-    ylabel, title, ylim: axis settings.
+    ylabel: the y axis label (none by default).
+    title: the title of the ``Axes`` (none by default).
+    ylim: the y axis limits (matplotlib's by default).
     fmt: format of the mean printed above each bar (``None``: no labels).
 
   Returns:

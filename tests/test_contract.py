@@ -7,8 +7,6 @@ arguments, dtypes and ``lax.cond``-stable states, convergence,
 visible NaNs and an Orbax checkpoint round trip mid-training.
 """
 
-from __future__ import annotations
-
 
 import jax
 import jax.numpy as jnp
@@ -346,3 +344,60 @@ def test_value_must_be_a_scalar(name):
   state = tx.init(params)
   with pytest.raises(ValueError, match='scalar'):
     tx.update(params, state, params, value=jnp.ones(3))
+
+
+def _public_callables():
+  import inspect  # pylint: disable=g-import-not-at-top
+  modules = (kinetix, kinetix.kinetic, kinetix.masks, kinetix.metrics)
+  out = {}
+  for module in modules:
+    for name in getattr(module, '__all__', dir(module)):
+      obj = getattr(module, name)
+      if (not name.startswith('_') and inspect.isfunction(obj)
+          and obj.__module__.startswith('kinetix')):
+        out[f'{obj.__module__}.{name}'] = obj
+  return out
+
+
+@pytest.mark.parametrize('qualname', sorted(_public_callables()))
+def test_annotations_are_real_objects(qualname):
+  """Tools that read signatures (Optax's own contrib battery, Sphinx, IDEs)
+  see the annotated objects, not strings."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  sig = inspect.signature(_public_callables()[qualname])
+  for param in sig.parameters.values():
+    assert not isinstance(param.annotation, str), (qualname, param.name)
+  assert not isinstance(sig.return_annotation, str), qualname
+
+
+SCHEDULED = {'ko_sgd': 'learning_rate', 'ko_adamw': 'learning_rate',
+             'cool_momentum': 'learning_rate', 'bbi': 'learning_rate',
+             'ecdsep': 'learning_rate', 'soft_collision': 'coll_coef'}
+
+
+@pytest.mark.parametrize('name', sorted(SCHEDULED))
+def test_schedules_are_annotated_and_accepted(name):
+  """Optax's contrib battery runs its schedule test only for an argument
+  annotated ``optax.ScalarOrSchedule``; this is that test."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  factory, kwargs = OPTIMIZERS[name]
+  arg = SCHEDULED[name]
+  annotation = inspect.signature(factory).parameters[arg].annotation
+  assert annotation is optax.ScalarOrSchedule
+  value = kwargs.get(arg, 0.1)
+  results = []
+  for setting in (value, optax.constant_schedule(value)):
+    tx = make(name, **{arg: setting})
+    step = jax.jit(step_fn(tx))
+    params, state = init_params(), tx.init(init_params())
+    for _ in range(3):
+      params, state, _ = step(params, state)
+    results.append(params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
+               *results)
+
+
+def test_package_is_typed():
+  import importlib.resources  # pylint: disable=g-import-not-at-top
+  assert (importlib.resources.files('kinetix') / 'py.typed').is_file()
+  assert set(kinetix.__all__) <= set(dir(kinetix))

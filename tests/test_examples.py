@@ -1,7 +1,5 @@
 """The Flax examples in examples/ train; their collisions act on the head."""
 
-from __future__ import annotations
-
 import importlib.util
 import math
 import pathlib

@@ -1,7 +1,5 @@
 """Every kinetix optimizer inside Flax: NNX ``nnx.Optimizer`` and Linen ``TrainState``."""
 
-from __future__ import annotations
-
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -7,8 +7,6 @@ splits the key carry-first, leaf ``path`` folds in ``path_seed(path)``), so
 that the comparison is exact. Everything runs in float64 (``enable_x64``).
 """
 
-from __future__ import annotations
-
 import math
 
 import jax

@@ -4,8 +4,6 @@ Each example compiles a new program (shapes change), so the example counts
 are small; the dense references are those of ``test_kinetic``.
 """
 
-from __future__ import annotations
-
 import jax
 import numpy as np
 import pytest

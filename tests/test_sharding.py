@@ -7,8 +7,6 @@ leaf), on a mesh with Explicit axes (``jax.make_mesh``'s default) with and
 without ``jax.set_mesh``, and on one with Auto axes; the random streams must not depend on the sharding.
 """
 
-from __future__ import annotations
-
 import json
 import os
 import pathlib

@@ -36,8 +36,6 @@ few seconds); programmatic use::
     print(bench.format_table(rows))
 """
 
-from __future__ import annotations
-
 import argparse
 import math
 import os
@@ -104,7 +102,7 @@ def _loop_count(fn: Callable[..., Any], args: Sequence[Any]) -> int:
   once = _call_time(fn, args)
   if once >= SAMPLE_SECONDS:
     return 1
-  return int(min(MAX_LOOP, math.ceil(SAMPLE_SECONDS / max(once, 1e-7))))
+  return min(MAX_LOOP, math.ceil(SAMPLE_SECONDS / max(once, 1e-7)))
 
 
 def median_time(fn: Callable[..., Any], args: Sequence[Any], *, repeats: int,
@@ -152,7 +150,7 @@ def compare_times(fn: Callable[..., Any], args: Sequence[Any],
 def compile_fn(fn: Callable[..., Any], args: Sequence[Any]) -> Any:
   """``jax.jit(fn).lower(*args).compile()``: an executable, no warm-up."""
   import jax  # pylint: disable=g-import-not-at-top
-  jitted = fn if hasattr(fn, 'lower') else jax.jit(fn)
+  jitted: Any = fn if hasattr(fn, 'lower') else jax.jit(fn)
   return jitted.lower(*args).compile()
 
 
@@ -185,7 +183,7 @@ def _leaf_inputs(d: int, n: int, seed: int = 0):
 
 def _update_fn(tx) -> Callable[..., Any]:
   import jax  # pylint: disable=g-import-not-at-top
-  return jax.jit(lambda g, s, p: tx.update(g, s, p))
+  return jax.jit(tx.update)
 
 
 def _soft_args(w, g, **kwargs):
@@ -232,7 +230,7 @@ def _row(kind: str, case: str, *, time_s: float, reference: str,
          repeats: int, note: str = '', **extra: Any) -> dict[str, Any]:
   """One result row; ``holds`` is ``None`` when there is no target to hold."""
   ratio = time_s / reference_time_s
-  checks = []
+  checks: list[bool | None] = []
   target = []
   if target_ratio is not None:
     checks.append(ratio <= target_ratio)
@@ -309,7 +307,7 @@ def bench_hard_vs_soft(n: int, repeats: int, *, accepted: str,
   ``accepted="few"``: ``coll_coef=0.1`` with 8 planted colliding pairs.
   ``accepted="all"``: ``coll_coef=1.0``, so every pair with ``g_i ≠ g_j``
   passes: ``N²/2·D`` random directions, collided in chunks of ``max_pairs``
-  (target: at most ``HARD_ALL_TARGET``× soft collision).
+  (target: at most ``HARD_ALL_TARGET`` times the soft collision).
   """
   import kinetix  # pylint: disable=g-import-not-at-top
   coef = 0.1 if accepted == 'few' else 1.0
@@ -361,8 +359,10 @@ def _coef_for_pairs(w, g, pairs: int, distance_scale: float = 1.0) -> float:
 
 def bench_capacity_cliff(n: int, pairs: int, max_pairs: int,
                          repeats: int) -> dict[str, Any]:
-  """Row 3: ``pairs`` accepted with ``max_pairs`` < ``pairs`` (several
-  chunks) vs the same call with ``max_pairs`` ≥ ``pairs`` (one chunk)."""
+  """Row 3: ``pairs`` accepted, ``max_pairs`` < ``pairs`` vs ≥ ``pairs``.
+
+  Several chunks of accepted pairs against one chunk, same call otherwise.
+  """
   import kinetix  # pylint: disable=g-import-not-at-top
   w, g = _leaf_inputs(n, n, seed=2)
   coef = _coef_for_pairs(w, g, pairs)
@@ -459,7 +459,8 @@ def _mlp(sizes: Sequence[int], seed: int = 0):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   keys = jax.random.split(jax.random.key(seed), len(sizes) - 1)
   params = {}
-  for i, (k, fan_in, fan_out) in enumerate(zip(keys, sizes[:-1], sizes[1:])):
+  layers = zip(keys, sizes[:-1], sizes[1:], strict=True)
+  for i, (k, fan_in, fan_out) in enumerate(layers):
     params[f'dense_{i}'] = {
         'kernel': jax.random.normal(k, (fan_in, fan_out)) / math.sqrt(fan_in),
         'bias': jnp.zeros((fan_out,)),
@@ -623,6 +624,7 @@ def _fmt_bytes(value: int | None) -> str:
 
 
 def device_name() -> str:
+  """The first JAX device, in words (CPU numbers are labelled as such)."""
   import jax  # pylint: disable=g-import-not-at-top
   dev = jax.devices()[0]
   return (f'{dev.platform} ({dev.device_kind}), {len(jax.devices())} '
@@ -645,6 +647,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+  """The options of ``python -m kinetix bench``."""
   parser.add_argument(
       '--quick', action='store_true',
       help='tiny sizes for a smoke test (CI): seconds, not meaningful numbers')
