@@ -37,7 +37,10 @@ def _launch(phase, workdir):
   """Starts the 2 processes, waits (bounded), kills only its own children."""
   port = _free_port()
   env = dict(os.environ, JAX_PLATFORMS='cpu')
-  env.pop('XLA_FLAGS', None)
+  # Each process sets its own device count; other flags pass through.
+  env['XLA_FLAGS'] = ' '.join(
+      f for f in env.get('XLA_FLAGS', '').split()
+      if not f.startswith('--xla_force_host_platform_device_count'))
   procs = [subprocess.Popen(
       [sys.executable, str(HERE / '_multiprocess_run.py'), str(i), str(port),
        phase, str(workdir)], env=env, stdout=subprocess.PIPE,
