@@ -27,13 +27,11 @@ Run it with ``python -m kinetix condensation``; programmatic use::
     summary = condensation.summarize(results, settings)
 """
 
-from __future__ import annotations
-
 import argparse
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from kinetix.experiments import _common
 
@@ -79,6 +77,7 @@ class Settings:
   data_seed: int = 0
 
   def __post_init__(self):
+    """Rejects unknown names and out-of-range numbers (``ValueError``)."""
     for a in self.activations:
       if a not in ACTIVATIONS:
         raise ValueError(f'unknown activation {a!r}; choose from '
@@ -91,8 +90,10 @@ class Settings:
       raise ValueError('seeds and steps must be >= 1 and width >= 2')
 
   def describe(self) -> str:
+    """One line for the tables, figures and the console."""
     return (f'5-{self.width}-1 net, init N(0, {self.init_std}²), '
-            f'{self.n_samples} points, full-batch Adam lr {self.learning_rate:g}, '
+            f'{self.n_samples} points, full-batch Adam lr '
+            f'{self.learning_rate:g}, '
             f'{self.steps} steps; collisions on the hidden kernel, coll_coef '
             f'{self.coll_coef:g}, hard distance_scale {self.distance_scale:g}; '
             f'{self.seeds} seeds')
@@ -128,11 +129,12 @@ def init_params(key, settings: Settings):
 
 
 def apply(params, x, activation: Callable[[Any], Any]):
+  """The 5-50-1 network's output ``(n, 1)`` for inputs ``x``, ``(n, 5)``."""
   h = activation(x @ params['hidden']['kernel'] + params['hidden']['bias'])
   return h @ params['output']['kernel'] + params['output']['bias']
 
 
-def make_optimizer(method: str, settings: Settings, key=0):
+def make_optimizer(method: str, settings: Settings, key: Any = 0):
   """Adam, preceded by the collision of ``method`` on ``hidden/kernel``."""
   import optax  # pylint: disable=g-import-not-at-top
   from kinetix import kinetic, masks  # pylint: disable=g-import-not-at-top
@@ -190,10 +192,10 @@ def train(activation: str, method: str, settings: Settings) -> dict[str, Any]:
       params, state = carry
       loss, grads = jax.value_and_grad(loss_fn)(params)
       updates, state = tx.update(grads, state, params)
-      coll = state[0]
+      coll = cast(tuple, state)[0]
       acc = getattr(coll, 'accepted_fraction', jnp.zeros([], jnp.float32))
       rel = getattr(coll, 'relative_change', jnp.zeros([], jnp.float32))
-      logs = (loss,) + condensation(params) + (acc, rel)
+      logs = (loss, *condensation(params), acc, rel)
       return (optax.apply_updates(params, updates), state), logs
 
     (params, _), (loss, mx, mn, acc, rel) = jax.lax.scan(
@@ -259,8 +261,8 @@ def summarize(results, settings: Settings) -> dict[str, Any]:
 
 
 def markdown(summary: dict[str, Any]) -> str:
-  s = Settings(**{k: tuple(v) if isinstance(v, list) else v
-                  for k, v in summary['settings'].items()})
+  """The Markdown table and its caption, from :func:`summarize`'s output."""
+  s = _common.settings_from_json(Settings, summary['settings'])
   rows = []
   for activation, by_method in summary['results'].items():
     for method, e in by_method.items():
@@ -285,9 +287,32 @@ def markdown(summary: dict[str, Any]) -> str:
   return text
 
 
-def heatmap_figure(results, settings: Settings, seed: int = 0):
-  """Fig. 2: rows are optimizers, columns activations; one seed's matrices."""
+def representative_seed(results) -> int:
+  """The seed whose final mean ``|cos|`` is closest to the mean over seeds.
+
+  Distances are in units of each configuration's std over seeds, summed over
+  the (activation, optimizer) panels: the heat maps of this seed look like
+  the table, not like an outlier.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  score = 0.0
+  for by_method in results.values():
+    for r in by_method.values():
+      final = np.asarray(r['mean_abs_cos'])[:, -1]
+      score = score + np.abs(final - final.mean()) / (final.std() + 1e-6)
+  return int(np.argmin(score))
+
+
+def heatmap_figure(results, settings: Settings, seed: int | None = None):
+  """Fig. 2: rows are optimizers, columns activations; one seed's matrices.
+
+  ``seed=None``: the :func:`representative_seed`; the title names it.
+  """
   from kinetix import plotting  # pylint: disable=g-import-not-at-top
+  which = 'seed'
+  if seed is None:
+    seed = representative_seed(results)
+    which = 'the seed closest to the mean over seeds:'
   acts = list(results)
   methods = [m for m in METHODS if m in results[acts[0]]]
   mats, notes = [], []
@@ -300,15 +325,26 @@ def heatmap_figure(results, settings: Settings, seed: int = 0):
     ])
   import textwrap  # pylint: disable=g-import-not-at-top
   title = (f'Hidden-neuron cosine similarity after {settings.steps} steps '
-           f'(seed {seed}; neurons in spectral order)\n'
+           f'({which} {seed}; neurons in spectral order)\n'
            + textwrap.fill(settings.describe(), 80))
   return plotting.similarity_grid(
       mats, [METHOD_LABELS[m] for m in methods], acts, title=title,
       annotations=notes, cell_size=2.4)
 
 
+def _wide_range(curves) -> bool:
+  """True for curves spanning more than a decade (then a log axis).
+
+  On a narrower range a log axis has no labelled ticks.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  values = np.concatenate([np.ravel(c) for c in curves])
+  values = values[np.isfinite(values) & (values > 0)]
+  return values.size > 0 and values.max() > 10 * values.min()
+
+
 def curves_figure(results, settings: Settings):
-  """mean |cos| and loss vs step, mean ± std over seeds, one column per act."""
+  """Mean ``|cos|`` and loss vs step, mean ± std over seeds, per activation."""
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   from kinetix import plotting  # pylint: disable=g-import-not-at-top
   acts = list(results)
@@ -320,7 +356,8 @@ def curves_figure(results, settings: Settings):
         axes[0, c], ylabel='mean |cos| (hidden)', title=a)
     plotting.training_curves(
         {METHOD_LABELS[m]: r['loss'] for m, r in results[a].items()},
-        axes[1, c], ylabel='MSE', logy=True)
+        axes[1, c], ylabel='MSE (training set)', logy=_wide_range(
+            [r['loss'] for r in results[a].values()]))
   import textwrap  # pylint: disable=g-import-not-at-top
   fig.suptitle(textwrap.fill(settings.describe(), 40 * len(acts) + 10),
                fontsize=8)
@@ -332,6 +369,7 @@ def curves_figure(results, settings: Settings):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+  """The options of ``python -m kinetix condensation``."""
   d = Settings()
   parser.add_argument('--activations', default=','.join(d.activations),
                       help=f'comma-separated, from: {", ".join(ACTIVATIONS)}')
@@ -356,10 +394,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-  def names(text: str) -> tuple[str, ...]:
-    return tuple(t.strip() for t in text.split(',') if t.strip())
+  """The :class:`Settings` of the command-line options."""
   return Settings(
-      activations=names(args.activations), methods=names(args.methods),
+      activations=_common.names(args.activations),
+      methods=_common.names(args.methods),
       seeds=_common.resolve_seeds(args, Settings.seeds),
       steps=args.steps or (10 if args.quick else Settings.steps),
       learning_rate=args.lr, coll_coef=args.coll_coef,
@@ -368,31 +406,16 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def run(args: argparse.Namespace) -> int:
-  if _common.plotting_unavailable(args, 'condensation'):
-    return 2
-  try:
-    settings = settings_from_args(args)
-  except ValueError as e:
-    print(f'kinetix condensation: {e}')
-    return 2
-  out = args.out
-  print(f'kinetix condensation: {settings.describe()}')
-  start = time.perf_counter()
-  results = run_experiment(settings, progress=not args.no_progress)
-  summary = summarize(results, settings)
-  summary['runtime_s'] = time.perf_counter() - start
-  summary['environment'] = _common.environment()
-  summary['quick'] = bool(args.quick)
-  files = [out / 'condensation.json', out / 'condensation.md']
-  _common.write_json(files[0], summary)
-  table = markdown(summary)
-  _common.write_text(files[1], table)
-  if not args.no_plot:
-    _common.save_figure(heatmap_figure(results, settings),
-                        out / 'condensation.png')
-    _common.save_figure(curves_figure(results, settings),
-                        out / 'condensation_curves.png')
-    files += [out / 'condensation.png', out / 'condensation_curves.png']
-  print(table)
-  print('wrote ' + ', '.join(str(f) for f in files))
-  return 0
+  """``python -m kinetix condensation``: runs, writes the files, prints."""
+  def compute(settings):
+    results = run_experiment(settings, progress=not args.no_progress)
+    return results, summarize(results, settings)
+
+  def figures(results, summary, settings):
+    del summary
+    return {'condensation.png': heatmap_figure(results, settings),
+            'condensation_curves.png': curves_figure(results, settings)}
+
+  return _common.run_command(
+      args, NAME, settings_from_args=settings_from_args, compute=compute,
+      markdown=markdown, figures=figures)

@@ -25,7 +25,7 @@ last incomplete batch dropped) run in a ``lax.scan`` over epochs around a
 ``lax.scan`` over batches, with no host round trips. A seed sets the
 initialisation, the shuffling and the collisions' randomness; the split is
 the same for every seed. We report the held-out accuracy, the final loss on
-the whole training set, and the condensation of the head (max/mean |cos|
+the whole training set, and the condensation of the head (max/mean ``|cos|``
 between its neurons, :func:`kinetix.metrics.condensation`), mean ± std over
 seeds, and for hard collisions the mean fraction of accepted pairs.
 
@@ -37,15 +37,14 @@ Run it with ``python -m kinetix digits``; programmatic use::
     summary = digits.summarize(results, settings)
 """
 
-from __future__ import annotations
-
 import argparse
 import dataclasses
 import functools
 import time
-from typing import Any
+from typing import Any, cast
 
 from kinetix.experiments import _common
+import itertools
 
 NAME = 'digits'
 
@@ -81,6 +80,7 @@ class Settings:
   data_seed: int = 0
 
   def __post_init__(self):
+    """Rejects unknown names and out-of-range numbers (``ValueError``)."""
     for field, values, allowed in (('model', self.models, MODELS),
                                    ('optimizer', self.optimizers, OPTIMIZERS),
                                    ('method', self.methods, METHODS)):
@@ -100,6 +100,7 @@ class Settings:
       raise ValueError(f'coll_coef must be in [0, 1]; got {self.coll_coef}')
 
   def describe(self) -> str:
+    """One line for the tables, figures and the console."""
     hidden = '-'.join(str(h) for h in self.mlp_hidden)
     chans = '/'.join(str(c) for c in self.cnn_channels)
     return (f'load_digits, stratified {1 - self.test_fraction:.0%}/'
@@ -152,15 +153,15 @@ def init_params(key, model: str, settings: Settings):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   params = {}
   if model == 'mlp':
-    sizes = (64,) + tuple(settings.mlp_hidden)
+    sizes = (64, *tuple(settings.mlp_hidden))
     keys = jax.random.split(key, len(sizes))
-    for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for k, (a, b) in enumerate(itertools.pairwise(sizes)):
       params[f'hidden{k + 1}'] = _dense(keys[k], a, b)
     params['head'] = _dense(keys[-1], sizes[-1], NUM_CLASSES, scale=1.0)
   elif model == 'cnn':
-    chans = (1,) + tuple(settings.cnn_channels)
+    chans = (1, *tuple(settings.cnn_channels))
     keys = jax.random.split(key, len(chans))
-    for k, (a, b) in enumerate(zip(chans[:-1], chans[1:])):
+    for k, (a, b) in enumerate(itertools.pairwise(chans)):
       std = (2.0 / (9 * a)) ** 0.5
       params[f'conv{k + 1}'] = {
           'kernel': std * jax.random.normal(keys[k], (3, 3, a, b)),
@@ -208,8 +209,12 @@ def apply(params, x, model: str):
   return h @ params['head']['kernel'] + params['head']['bias']
 
 
-def make_optimizer(optimizer: str, method: str, settings: Settings, key=0):
-  """AdamW or SGD, preceded by the collision of ``method`` on the head."""
+def make_optimizer(optimizer: str, method: str, settings: Settings,
+                   key: Any = 0):
+  """AdamW or SGD after the collision of ``method`` on the head.
+
+  ``key``: the collision's key, an int seed or a ``jax.random.key``.
+  """
   import optax  # pylint: disable=g-import-not-at-top
   from kinetix import kinetic, masks  # pylint: disable=g-import-not-at-top
   if optimizer == 'adamw':
@@ -287,7 +292,7 @@ def train(model: str, optimizer: str, method: str, settings: Settings, *,
       loss, grads = jax.value_and_grad(loss_fn)(params, x_train[idx],
                                                 y_train[idx])
       updates, state = tx.update(grads, state, params)
-      acc = getattr(state[0], 'accepted_fraction',
+      acc = getattr(cast(tuple, state)[0], 'accepted_fraction',
                     jnp.zeros([], jnp.float32))
       return (optax.apply_updates(params, updates), state), (loss, acc)
 
@@ -320,12 +325,13 @@ def train(model: str, optimizer: str, method: str, settings: Settings, *,
   args = (jnp.arange(settings.seeds), data)
   compiled = jax.jit(jax.vmap(one_seed, in_axes=(0, None))).lower(
       *args).compile(
-          {'xla_backend_optimization_level': 0} if fast_compile else None)
+          _common.FAST_COMPILE if fast_compile else None)
   out = compiled(*args)
   return {k: np.asarray(v) for k, v in jax.device_get(out).items()}
 
 
 def configurations(settings: Settings) -> list[tuple[str, str, str]]:
+  """Every ``(model, optimizer, method)`` of ``settings``, in run order."""
   return [(m, o, c) for m in settings.models for o in settings.optimizers
           for c in settings.methods]
 
@@ -388,8 +394,8 @@ def _pm(stat: dict[str, Any], digits: int = 3, scale: float = 1.0) -> str:
 
 
 def markdown(summary: dict[str, Any]) -> str:
-  s = Settings(**{k: tuple(v) if isinstance(v, list) else v
-                  for k, v in summary['settings'].items()})
+  """The Markdown table and its caption, from :func:`summarize`'s output."""
+  s = _common.settings_from_json(Settings, summary['settings'])
   rows = []
   for e in summary['results']:
     acc = e.get('accepted_fraction')
@@ -464,12 +470,11 @@ def _verdict(summary: dict[str, Any]) -> str:
 
 
 def figure(summary: dict[str, Any], results):
-  """Bars: held-out accuracy and head mean |cos|, mean ± std over seeds."""
+  """Bars: held-out accuracy and head mean ``|cos|``, mean ± std over seeds."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   from kinetix import plotting  # pylint: disable=g-import-not-at-top
-  s = Settings(**{k: tuple(v) if isinstance(v, list) else v
-                  for k, v in summary['settings'].items()})
+  s = _common.settings_from_json(Settings, summary['settings'])
   acc_groups: dict[str, dict[str, Any]] = {}
   cos_groups: dict[str, dict[str, Any]] = {}
   for (model, optimizer, method), r in results.items():
@@ -491,7 +496,7 @@ def figure(summary: dict[str, Any], results):
                                'neurons)', fmt='{:.3f}')
   highs = [np.mean(v) + np.std(v) for g in cos_groups.values()
            for v in g.values()]
-  ax_cos.set_ylim(0.0, 1.3 * max(max(highs), 1e-3))
+  ax_cos.set_ylim(0.0, 1.3 * max(*highs, 0.001))
   for ax in (ax_acc, ax_cos):  # one row above the bars, not over them
     ax.legend(fontsize=7, loc='upper left', ncols=len(s.methods))
   fig.suptitle(s.describe(), fontsize=7, wrap=True)
@@ -503,6 +508,7 @@ def figure(summary: dict[str, Any], results):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+  """The options of ``python -m kinetix digits``."""
   d = Settings()
   parser.add_argument('--models', default=','.join(d.models),
                       help=f'comma-separated, from: {", ".join(MODELS)}')
@@ -526,11 +532,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-  def names(text: str) -> tuple[str, ...]:
-    return tuple(t.strip() for t in text.split(',') if t.strip())
+  """The :class:`Settings` of the command-line options."""
   return Settings(
-      models=names(args.models), optimizers=names(args.optimizers),
-      methods=names(args.methods),
+      models=_common.names(args.models),
+      optimizers=_common.names(args.optimizers),
+      methods=_common.names(args.methods),
       seeds=_common.resolve_seeds(args, Settings.seeds),
       epochs=args.epochs or (2 if args.quick else Settings.epochs),
       batch_size=args.batch_size, coll_coef=args.coll_coef,
@@ -538,29 +544,16 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def run(args: argparse.Namespace) -> int:
-  if _common.plotting_unavailable(args, 'digits'):
-    return 2
-  try:
-    settings = settings_from_args(args)
-  except ValueError as e:
-    print(f'kinetix digits: {e}')
-    return 2
-  out = args.out
-  print(f'kinetix digits: {settings.describe()}')
-  start = time.perf_counter()
-  results = run_experiment(settings, progress=not args.no_progress,
-                           fast_compile=bool(args.quick))
-  summary = summarize(results, settings)
-  summary['runtime_s'] = time.perf_counter() - start
-  summary['environment'] = _common.environment()
-  summary['quick'] = bool(args.quick)
-  files = [out / 'digits.json', out / 'digits.md']
-  _common.write_json(files[0], summary)
-  table = markdown(summary)
-  _common.write_text(files[1], table)
-  if not args.no_plot:
-    _common.save_figure(figure(summary, results), out / 'digits.png')
-    files.append(out / 'digits.png')
-  print(table)
-  print('wrote ' + ', '.join(str(f) for f in files))
-  return 0
+  """``python -m kinetix digits``: runs, writes the files, prints."""
+  def compute(settings):
+    results = run_experiment(settings, progress=not args.no_progress,
+                             fast_compile=bool(args.quick))
+    return results, summarize(results, settings)
+
+  def figures(results, summary, settings):
+    del settings
+    return {'digits.png': figure(summary, results)}
+
+  return _common.run_command(
+      args, NAME, settings_from_args=settings_from_args, compute=compute,
+      markdown=markdown, figures=figures)

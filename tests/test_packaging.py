@@ -1,0 +1,77 @@
+"""What ``pip install kinetix-optax`` would get: the built sdist and wheel.
+
+Built with the setuptools of the test environment (the ``test`` extra pins
+the version the build backend needs), in a subprocess.
+"""
+
+import email
+import pathlib
+import re
+import subprocess
+import sys
+import tarfile
+import tomllib
+import zipfile
+
+import pytest
+
+import kinetix
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module')
+def dists(tmp_path_factory):
+  out = tmp_path_factory.mktemp('dist')
+  code = ('import sys; from setuptools import build_meta as b; '
+          'print(b.build_sdist(sys.argv[1])); print(b.build_wheel(sys.argv[1]))')
+  proc = subprocess.run([sys.executable, '-c', code, str(out)], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300,
+                        check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  sdist, wheel = proc.stdout.split()[-2:]
+  return out / sdist, out / wheel
+
+
+def _metadata(wheel):
+  with zipfile.ZipFile(wheel) as z:
+    name = next(n for n in z.namelist() if n.endswith('.dist-info/METADATA'))
+    return email.message_from_bytes(z.read(name)), z.namelist()
+
+
+def test_wheel_metadata(dists):
+  meta, names = _metadata(dists[1])
+  assert meta['Name'] == 'kinetix-optax'
+  assert meta['Version'] == kinetix.__version__
+  assert meta['License-Expression'] == 'Apache-2.0'
+  classifiers = meta.get_all('Classifier')
+  assert 'Typing :: Typed' in classifiers
+  assert meta.get_all('Project-URL')
+  assert 'kinetix/py.typed' in names
+  assert not any(n.startswith('tests/') for n in names)
+
+
+def test_long_description_has_no_relative_links(dists):
+  """PyPI shows the long description without the repository: every link
+  and image must be absolute."""
+  meta, _ = _metadata(dists[1])
+  body = meta.get_payload()
+  assert 'kinetix-optax' in body
+  targets = re.findall(r'\]\(([^)]*)\)', body)
+  assert targets
+  assert all(t.startswith('https://') for t in targets), targets
+  readme = tomllib.loads((ROOT / 'pyproject.toml').read_text())['project'][
+      'readme']
+  assert body.strip() == (ROOT / readme).read_text().strip()
+
+
+def test_sdist_leaves_the_tests_out_and_builds(dists):
+  """The sdist holds the package and its metadata; the tests need the
+  repository (README, notebooks, CI script), so they are left out."""
+  with tarfile.open(dists[0]) as tar:
+    names = [n.split('/', 1)[1] for n in tar.getnames() if '/' in n]
+  assert 'pyproject.toml' in names and 'LICENSE' in names
+  assert 'docs/pypi.md' in names and 'kinetix/py.typed' in names
+  assert 'kinetix/kinetic.py' in names
+  for prefix in ('tests/', 'notebooks/', 'examples/', '.ci/'):
+    assert not any(n.startswith(prefix) for n in names), prefix
