@@ -50,6 +50,10 @@ def test_quick_bench_writes_all_rows(tmp_path, capsys):
   # The cliff case really accepted more pairs than its max_pairs.
   cliff = [r for r in rows if r['kind'] == 'capacity_cliff']
   assert cliff and all(r['accepted_pairs'] > r['max_pairs'] for r in cliff)
+  # The RNG floor row collides every pair of its leaf.
+  floor = [r for r in rows if r['kind'] == 'hard_vs_rng_floor']
+  assert floor and all(r['accepted_pairs'] == r['n'] * (r['n'] - 1) // 2
+                       for r in floor)
   lm_head = [r for r in rows if r['kind'] == 'blocked_lm_head']
   assert all(r['memory_limit_bytes'] == bench.MEMORY_LIMIT for r in lm_head)
 

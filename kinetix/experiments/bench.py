@@ -8,6 +8,9 @@ Every figure is a *ratio* against a reference measured in the same process
 2. hard collision (``pairing="all"``) vs soft collision on the same leaf,
    with few and with all pairs accepted, and the compiled temporary memory
    of hard collision at ``N = D = 2048``;
+   With all pairs accepted, also against its own floor: drawing the
+   ``N²/2 × D`` Gaussian directions from the pairs' counter-based keys in
+   the same chunks, without colliding anything;
 3. the capacity cliff: hard collision with about twice as many accepted
    pairs as ``max_pairs`` vs the same call with a large enough
    ``max_pairs``;
@@ -55,12 +58,14 @@ MEMORY_LIMIT = 2 * GIB
 SAMPLE_SECONDS = 0.02     # a timed sample loops a short call for about this
 MAX_LOOP = 1000           # ... but at most this many calls per sample
 
-KINDS = ('soft_vs_matmuls', 'hard_vs_soft', 'capacity_cliff',
+KINDS = ('soft_vs_matmuls', 'hard_vs_soft', 'hard_vs_rng_floor',
+         'capacity_cliff',
          'disjoint_vs_floor', 'blocked_lm_head', 'train_step', 'soft_vs_muon')
 
 # Targets of the performance contract (ratios, see the module docstring).
 SOFT_TARGET = 1.1
 HARD_ALL_TARGET = 50.0
+HARD_FLOOR_TARGET = 1.5
 CLIFF_TARGET = 3.0
 DISJOINT_TARGET = 2.0
 
@@ -336,6 +341,52 @@ def bench_hard_vs_soft(n: int, repeats: int, *, accepted: str,
               accepted_pairs=pairs, accepted_fraction=fraction)
 
 
+def bench_hard_vs_rng_floor(n: int, repeats: int) -> dict[str, Any]:
+  """Row 2b: hard collision with every pair accepted vs its RNG floor.
+
+  The floor draws what the collision must draw and nothing else: one
+  Gaussian direction in ``D`` dimensions per pair, from the pair's
+  counter-based key, in chunks of the same ``max_pairs`` (summed so that
+  nothing is materialised beyond a chunk).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import kinetix  # pylint: disable=g-import-not-at-top
+  from kinetix import _neurons  # pylint: disable=g-import-not-at-top
+  w, g = _hard_inputs(n, planted_pairs=0)
+  params, grads = {'w': w}, {'w': g}
+  capacity = max(64, 4 * n)              # hard_collision's default
+  tx = kinetix.hard_collision(1.0, key=0, max_pairs=capacity)
+  state = tx.init(params)
+  hard = _update_fn(tx)
+  _, new_state = _block(hard(grads, state, params))
+  pairs = int(new_state.accepted_pairs)
+  i, j = jnp.triu_indices(n, 1)
+  chunks = -(-i.shape[0] // capacity)
+  pad = chunks * capacity - i.shape[0]
+  i = jnp.pad(i.astype(jnp.int32), (0, pad))
+  j = jnp.pad(j.astype(jnp.int32), (0, pad))
+
+  @jax.jit
+  def floor(key, i, j):
+    def chunk(c, acc):
+      ii = jax.lax.dynamic_slice(i, (c * capacity,), (capacity,))
+      jj = jax.lax.dynamic_slice(j, (c * capacity,), (capacity,))
+      keys = _neurons.pair_keys(key, ii, jj)
+      return acc + _neurons.unit_directions(keys, n, jnp.float32).sum(0)
+    return jax.lax.fori_loop(0, chunks, chunk, jnp.zeros(n, jnp.float32))
+
+  t, t_ref = compare_times(hard, (grads, state, params), floor,
+                           (jax.random.key(0), i, j), repeats=repeats,
+                           fn_warm=True)
+  return _row('hard_vs_rng_floor',
+              f'hard collision (all {pairs} pairs accepted), N=D={n}',
+              time_s=t, reference=f'drawing the {i.shape[0] - pad} pair '
+              'directions alone', reference_time_s=t_ref,
+              target_ratio=HARD_FLOOR_TARGET, repeats=repeats, n=n, d=n,
+              accepted_pairs=pairs)
+
+
 def _coef_for_pairs(w, g, pairs: int, distance_scale: float = 1.0) -> float:
   """A ``coll_coef`` that accepts about ``pairs`` pairs of the ``(D, N)`` leaf.
 
@@ -573,6 +624,8 @@ def run_benchmarks(quick: bool, repeats: int, *,
                                        accepted='few', memory=n == mem_n))
   add('hard_vs_soft', f'hard (all accepted) N={full_n}',
       lambda: bench_hard_vs_soft(full_n, big, accepted='all'))
+  add('hard_vs_rng_floor', f'hard (all accepted) vs RNG floor N={full_n}',
+      lambda: bench_hard_vs_rng_floor(full_n, big))
   add('capacity_cliff', f'capacity cliff N={cliff[0]}',
       lambda: bench_capacity_cliff(*cliff, repeats=big))
   for n in disjoint_sizes:
