@@ -2,6 +2,7 @@
 
 import json
 import math
+import sys
 
 import jax
 import numpy as np
@@ -46,7 +47,7 @@ def test_help_lists_all_commands(capsys):
     cli.main(['--help'])
   assert exc.value.code == 0
   printed = capsys.readouterr().out
-  for name in ('condensation', 'digits', 'bench'):
+  for name in ('condensation', 'digits', 'lm', 'bench'):
     assert name in printed
   parser, module = cli.build_parser([])
   assert module is None
@@ -80,8 +81,9 @@ def test_condensation_quick(tmp_path, capsys):
 
 def test_digits_quick(tmp_path, capsys):
   out = tmp_path / 'digits'
-  assert cli.main(['digits', '--quick', '--no-progress', '--out',
-                   str(out)]) == 0
+  # SGD only: both models and every collision, half the compilations.
+  assert cli.main(['digits', '--quick', '--optimizers', 'sgd',
+                   '--no-progress', '--out', str(out)]) == 0
   result = _check_outputs(out, 'digits')
   assert result['settings']['epochs'] == 2
   assert result['settings']['seeds'] == 2
@@ -89,8 +91,7 @@ def test_digits_quick(tmp_path, capsys):
                             'classes': 10}
   rows = result['results']
   assert {(r['model'], r['optimizer'], r['method']) for r in rows} == {
-      (m, o, c) for m in digits.MODELS for o in digits.OPTIMIZERS
-      for c in digits.METHODS}
+      (m, 'sgd', c) for m in digits.MODELS for c in digits.METHODS}
   for r in rows:
     assert len(r['test_accuracy']['per_seed']) == 2
     # Two epochs already beat chance (10 %) by far.
@@ -103,7 +104,7 @@ def test_digits_quick(tmp_path, capsys):
     if r['method'] == 'hard':
       assert 0.0 <= r['accepted_fraction']['mean'] <= 1.0
   printed = capsys.readouterr().out
-  assert '| MLP | AdamW | no collision |' in printed
+  assert '| MLP | SGD | no collision |' in printed
   assert '| CNN | SGD | + hard |' in printed
 
 
@@ -148,9 +149,110 @@ def test_bad_option_exits_nonzero(argv, tmp_path, capsys):
     ['digits', '--methods', 'soft,bogus'],
     ['digits', '--coll-coef', '1.5'],
     ['condensation', '--activations', 'nope'],
+    ['lm', '--methods', 'adamw,sgd'],
 ])
 def test_bad_value_returns_nonzero(argv, tmp_path, capsys):
+  """One line on stderr naming the command and the allowed values, exit 2,
+  nothing written."""
   assert cli.main(argv + ['--quick', '--no-progress', '--out',
-                          str(tmp_path)]) != 0
-  assert 'kinetix' in capsys.readouterr().out
+                          str(tmp_path)]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f'kinetix {argv[0]}: ') and 'choose from' in err \
+      or 'must be' in err, err
+  assert len(err.strip().splitlines()) == 1, err
   assert not any(tmp_path.iterdir())
+
+
+def test_lm_quick(tmp_path, capsys):
+  """``python -m kinetix lm --quick``: every optimizer, files, statistics."""
+  from kinetix.experiments import lm  # pylint: disable=g-import-not-at-top
+  out = tmp_path / 'lm'
+  assert cli.main(['lm', '--quick', '--seeds', '1', '--no-progress',
+                   '--out', str(out)]) == 0
+  result = _check_outputs(out, 'lm')
+  rows = {r['method']: r for r in result['results']}
+  assert list(rows) == list(lm.METHODS)
+  assert 'pydoc_data.topics' in result['data']
+  for method, r in rows.items():
+    assert len(r['val_bpb_mean']) == len(r['eval_steps'])
+    assert r['eval_steps'][-1] == result['settings']['steps']
+    assert 0.0 < r['final_val_bpb']['mean'] < 9.0
+    assert 0.0 <= r['head_mean_abs_cos']['mean'] <= r['head_max_abs_cos'][
+        'mean'] <= 1.0
+    collides = method != 'adamw'
+    assert (r['relative_change']['mean'] > 0.0) == collides, method
+    hard = method in ('hard_head', 'disjoint_head')
+    if not hard:
+      assert r['accepted_fraction']['mean'] == 0.0
+    assert 0.0 <= r['accepted_fraction']['mean'] <= 1.0
+    assert r['step_time_vs_adamw'] > 0.0
+  # 20 steps of AdamW already beat the uniform 8 bits per byte.
+  assert rows['adamw']['final_val_bpb']['mean'] < 7.5
+  assert rows['adamw']['step_time_vs_adamw'] == 1.0
+  printed = capsys.readouterr().out
+  assert '| AdamW |' in printed and 'bits/byte' in printed
+
+
+def test_lm_corpus_is_split_by_topic_and_text_replaces_it(tmp_path):
+  from pydoc_data import topics  # pylint: disable=g-import-not-at-top
+  from kinetix.experiments import lm  # pylint: disable=g-import-not-at-top
+  train, valid, description = lm.load_corpus()
+  names = sorted(topics.topics)
+  held = {names[i] for i in range(9, len(names), 10)}
+  assert str(len(held)) in description
+  train_text, valid_text = train.tobytes(), valid.tobytes()
+  for name in names:
+    body = topics.topics[name].encode('utf-8')
+    assert (body in valid_text) == (name in held), name
+    assert (body in train_text) == (name not in held), name
+  windows = lm.validation_windows(valid, 64)
+  assert windows.shape == (len(valid_text) // 65, 65)
+  assert lm.validation_windows(valid, 64, 5).shape == (5, 65)
+  path = tmp_path / 'text.txt'
+  path.write_text('kinetix ' * 500, encoding='utf-8')
+  train, valid, description = lm.load_corpus(str(path))
+  assert (len(train), len(valid)) == (3600, 400)
+  assert 'text.txt' in description
+
+
+def test_lm_without_the_builtin_corpus_says_what_to_do(tmp_path, capsys,
+                                                      monkeypatch):
+  from kinetix.experiments import lm  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(sys.modules, 'pydoc_data', None)
+  monkeypatch.setitem(sys.modules, 'pydoc_data.topics', None)
+  with pytest.raises(lm.CorpusUnavailable, match='--text PATH'):
+    lm.load_corpus()
+  assert cli.main(['lm', '--quick', '--no-progress', '--out',
+                   str(tmp_path)]) == 2
+  err = capsys.readouterr().err
+  assert "pydoc_data.topics" in err and '--text PATH' in err
+  assert len(err.strip().splitlines()) == 1
+  assert not any(tmp_path.iterdir())
+
+
+def test_lm_mlp_collision_is_per_stacked_layer():
+  """The blocks are stacked by nnx.vmap: with layer_axes=0 each layer's MLP
+  neurons collide among themselves, exactly as that layer alone."""
+  from kinetix import kinetic, masks  # pylint: disable=g-import-not-at-top
+  from kinetix.experiments import lm  # pylint: disable=g-import-not-at-top
+  settings = lm.Settings(layers=3, d_model=16, heads=2, context=8)
+  _, params, _ = lm.split_model(lm.make_model(settings, 0))
+  assert params['blocks']['mlp_in']['kernel'].shape == (3, 16, 64)
+  assert params['blocks']['mlp_out']['kernel'].shape == (3, 64, 16)
+  keys = iter(jax.random.split(jax.random.key(1), 64))
+  grads = jax.tree.map(lambda p: jax.random.normal(next(keys), p.shape),
+                       params)
+  tx = kinetic.soft_collision(0.3, mask=masks.by_path(*lm.MLP_KERNELS),
+                              layer_axes=0)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  single = kinetic.soft_collision(0.3)
+  for name in ('mlp_in', 'mlp_out'):
+    for layer in range(3):
+      p = {'k': params['blocks'][name]['kernel'][layer]}
+      g = {'k': grads['blocks'][name]['kernel'][layer]}
+      ref, _ = single.update(g, single.init(p), p)
+      np.testing.assert_allclose(
+          updates['blocks'][name]['kernel'][layer], ref['k'], rtol=2e-5,
+          atol=2e-6)
+  np.testing.assert_array_equal(updates['lm_head']['kernel'],
+                                grads['lm_head']['kernel'])

@@ -1,8 +1,6 @@
 """The notebooks in notebooks/ run top to bottom in SMOKE mode and are stored
 without outputs."""
 
-from __future__ import annotations
-
 import pathlib
 
 import pytest
@@ -11,7 +9,7 @@ nbformat = pytest.importorskip('nbformat')
 nbclient = pytest.importorskip('nbclient')
 
 NOTEBOOK_DIR = pathlib.Path(__file__).resolve().parents[1] / 'notebooks'
-EXPECTED = ['01_quickstart.ipynb', '02_condensation.ipynb',
+EXPECTED = ['01_quickstart.ipynb', '02_condensation.ipynb', '04_lm.ipynb',
             '03_resnet18_cifar10.ipynb']
 NOTEBOOKS = sorted(p.name for p in NOTEBOOK_DIR.glob('*.ipynb'))
 
@@ -37,7 +35,7 @@ def test_notebook_colab_preamble(name):
   nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
   code = [c.source for c in nb.cells if c.cell_type == 'code']
   assert "'google.colab' in sys.modules" in code[0]
-  assert '!pip install -q kinetix[examples]' in code[0]
+  assert '!pip install -q "kinetix-optax[examples]"' in code[0]
   assert any('jax.devices()' in s for s in code[:3])
   assert any("os.environ.get('KINETIX_SMOKE', '0') == '1'" in s
              for s in code[:4])
