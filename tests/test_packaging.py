@@ -23,24 +23,30 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 @pytest.fixture(scope='module')
 def dists(tmp_path_factory):
   out = tmp_path_factory.mktemp('dist')
+  # build_meta rewrites sys.argv while it builds: read the directory first.
   code = ('import sys; from setuptools import build_meta as b; '
-          'print(b.build_sdist(sys.argv[1])); print(b.build_wheel(sys.argv[1]))')
+          'd = sys.argv[1]; '
+          's = b.build_sdist(d); w = b.build_wheel(d); print("DISTS", s, w)')
   proc = subprocess.run([sys.executable, '-c', code, str(out)], cwd=ROOT,
                         capture_output=True, text=True, timeout=300,
                         check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  sdist, wheel = proc.stdout.split()[-2:]
+  line = [ln for ln in proc.stdout.splitlines() if ln.startswith('DISTS ')]
+  _, sdist, wheel = line[-1].split()
   return out / sdist, out / wheel
 
 
 def _metadata(wheel):
   with zipfile.ZipFile(wheel) as z:
     name = next(n for n in z.namelist() if n.endswith('.dist-info/METADATA'))
-    return email.message_from_bytes(z.read(name)), z.namelist()
+    # Core metadata is UTF-8: headers, a blank line, the long description.
+    text = z.read(name).decode('utf-8')
+    return email.message_from_string(text), text.split('\n\n', 1)[1], \
+        z.namelist()
 
 
 def test_wheel_metadata(dists):
-  meta, names = _metadata(dists[1])
+  meta, _, names = _metadata(dists[1])
   assert meta['Name'] == 'kinetix-optax'
   assert meta['Version'] == kinetix.__version__
   assert meta['License-Expression'] == 'Apache-2.0'
@@ -54,8 +60,7 @@ def test_wheel_metadata(dists):
 def test_long_description_has_no_relative_links(dists):
   """PyPI shows the long description without the repository: every link
   and image must be absolute."""
-  meta, _ = _metadata(dists[1])
-  body = meta.get_payload()
+  _, body, _ = _metadata(dists[1])
   assert 'kinetix-optax' in body
   targets = re.findall(r'\]\(([^)]*)\)', body)
   assert targets

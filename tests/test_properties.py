@@ -4,6 +4,8 @@ Each example compiles a new program (shapes change), so the example counts
 are small; the dense references are those of ``test_kinetic``.
 """
 
+import warnings
+
 import jax
 import numpy as np
 import pytest
@@ -138,7 +140,12 @@ def test_masks_touch_only_selected_leaves(data, kind):
              'hard': lambda: kinetix.hard_collision(0.9, mask=mask),
              'disjoint': lambda: kinetix.hard_collision(
                  0.9, mask=mask, pairing='disjoint')}[kind]
-  updates, _ = _run(factory(), grads, params)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    updates, _ = _run(factory(), grads, params)
+  # Selecting nothing is allowed but never silent.
+  empty = [w for w in caught if 'selects no leaf' in str(w.message)]
+  assert bool(empty) == (not chosen)
   for n in names:
     out = np.asarray(updates[n])
     assert np.isfinite(out).all()
