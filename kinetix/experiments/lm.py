@@ -36,12 +36,15 @@ offline:
   :func:`kinetix.metrics.condensation`) of the ``lm_head`` neurons and of
   the MLP neurons (per layer, averaged); the collision statistics from the
   optimizer state (``relative_change``, ``accepted_fraction``); and the time
-  per step of each optimizer relative to AdamW (compilation excluded).
+  per step of each optimizer relative to AdamW (the training program alone:
+  compilation and evaluation excluded).
 
-Seeds run one after another through the same compiled training function
-(a ``lax.scan`` over steps, no host round trips): under ``vmap`` the hard
+Seeds run one after another through the same compiled training program
+(a ``lax.scan`` over steps, no host round trips; under ``vmap`` the hard
 collision's ``lax.cond`` over chunks of accepted pairs would become a
-select and run every chunk.
+select and run every chunk). It returns the parameters every
+``eval_every`` steps; one evaluation program, shared by all methods,
+computes the validation loss and the condensation from them.
 
 Run it with ``python -m kinetix lm``; programmatic use::
 
@@ -337,72 +340,117 @@ def _condensation(params):
   return head['max_abs_cos'], head['mean_abs_cos'], mlp_max, mlp_mean
 
 
-def lower_training(method: str, settings: Settings, train_bytes,
-                   eval_windows):
-  """The lowered ``run(seed, train_bytes, eval_windows) -> dict of arrays``.
-
-  One ``lax.scan`` over evaluation intervals around a ``lax.scan`` over
-  steps: random training windows (from the seed's key), a step of the
-  optimizer, and every ``eval_every`` steps the validation loss on
-  ``eval_windows`` and the condensation.
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+def _loss_fn(settings: Settings):
+  """``loss(params, windows)``: mean next-byte cross-entropy (nats)."""
   import optax  # pylint: disable=g-import-not-at-top
-
   graphdef, _, rest = split_model(make_model(settings, 0))
-  ctx, batch = settings.context, settings.batch_size
-  intervals = math.ceil(settings.steps / settings.eval_every)
-  train_bytes = jnp.asarray(train_bytes, jnp.int32)
-  eval_windows = jnp.asarray(eval_windows, jnp.int32)
 
   def loss_fn(params, windows):
     logits = merge_model(graphdef, params, rest)(windows[:, :-1])
     return optax.softmax_cross_entropy_with_integer_labels(
         logits, windows[:, 1:]).mean()
+  return loss_fn
 
-  def run(seed, train_bytes, eval_windows):
+
+def lower_training(settings: Settings, train_bytes):
+  """The lowered ``run(seed, method, train_bytes) -> dict of arrays``.
+
+  One program for every method of ``settings.methods``: ``method`` (an
+  int32 index into them) picks, with ``lax.switch``, which optimizer
+  updates the parameters; the model's forward and backward passes are
+  shared, so the program compiles once, not once per method, and the time
+  per step differs between methods only by their optimizer. The state
+  carries every method's optimizer state; only the chosen one changes.
+
+  One ``lax.scan`` over evaluation intervals around a ``lax.scan`` over
+  steps (random training windows from the seed's key, a step of the
+  optimizer); the parameters at the end of every interval are returned
+  for :func:`lower_evaluation`, so the training program holds training
+  only (and its time per step excludes the evaluation).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+
+  ctx, batch = settings.context, settings.batch_size
+  intervals = math.ceil(settings.steps / settings.eval_every)
+  train_bytes = jnp.asarray(train_bytes, jnp.int32)
+  loss_fn = _loss_fn(settings)
+
+  def run(seed, method, train_bytes):
     key = jax.random.key(seed)
     _, params, _ = split_model(make_model(settings,
                                           jax.random.fold_in(key, 0)))
-    tx = make_optimizer(method, settings, key=jax.random.fold_in(key, 1))
-    state = tx.init(params)
+    txs = [make_optimizer(m, settings, key=jax.random.fold_in(key, 1))
+           for m in settings.methods]
+    states = tuple(tx.init(params) for tx in txs)
     data_key = jax.random.fold_in(key, 2)
 
+    def branch(k):
+      def update(grads, states, params):
+        updates, state = txs[k].update(grads, states[k], params)
+        first = cast(tuple, state)[0]
+        stats = (getattr(first, 'relative_change', jnp.zeros([])),
+                 getattr(first, 'accepted_fraction', jnp.zeros([])))
+        return updates, (*states[:k], state, *states[k + 1:]), stats
+      return update
+
+    branches = [branch(k) for k in range(len(txs))]
+
     def step(carry, i):
-      params, state = carry
+      params, states = carry
       starts = jax.random.randint(jax.random.fold_in(data_key, i), (batch,),
                                   0, train_bytes.shape[0] - ctx - 1)
       windows = jax.vmap(
           lambda s: jax.lax.dynamic_slice(train_bytes, (s,), (ctx + 1,)))(
               starts)
       loss, grads = jax.value_and_grad(loss_fn)(params, windows)
-      updates, state = tx.update(grads, state, params)
-      first = cast(tuple, state)[0]
-      stats = (getattr(first, 'relative_change', jnp.zeros([])),
-               getattr(first, 'accepted_fraction', jnp.zeros([])))
+      updates, states, stats = jax.lax.switch(method, branches, grads,
+                                              states, params)
       active = i < settings.steps  # the last interval may be partial
       params = jax.tree.map(lambda p, n: jnp.where(active, n, p), params,
                             optax.apply_updates(params, updates))
-      return (params, state), (loss, *stats, active)
+      return (params, states), (loss, *stats, active)
 
     def interval(carry, k):
       carry, logs = jax.lax.scan(
           step, carry, k * settings.eval_every + jnp.arange(
               settings.eval_every))
-      val = loss_fn(carry[0], eval_windows)
-      return carry, (logs, val, jnp.stack(_condensation(carry[0])))
+      return carry, (logs, carry[0])
 
-    init_cond = jnp.stack(_condensation(params))
-    (params, _), (logs, val, cond) = jax.lax.scan(
-        interval, (params, state), jnp.arange(intervals))
+    _, (logs, snapshots) = jax.lax.scan(
+        interval, (params, states), jnp.arange(intervals))
+    # The initialisation first: evaluations at steps 0, eval_every, ...
+    snapshots = jax.tree.map(
+        lambda p0, ps: jnp.concatenate([p0[None], ps]), params, snapshots)
     loss, rel, acc, active = (x.reshape(-1) for x in logs)
-    return {'params': params, 'train_loss': loss, 'relative_change': rel,
-            'accepted_fraction': acc, 'active': active, 'val_loss': val,
-            'condensation': cond, 'init_condensation': init_cond}
+    return {'snapshots': snapshots, 'train_loss': loss,
+            'relative_change': rel, 'accepted_fraction': acc,
+            'active': active}
 
-  return jax.jit(run).lower(jnp.zeros([], jnp.int32), train_bytes,
-                            eval_windows)
+  zero = jnp.zeros([], jnp.int32)
+  return jax.jit(run).lower(zero, zero, train_bytes)
+
+
+def lower_evaluation(settings: Settings, eval_windows, snapshots):
+  """The lowered ``(snapshots, eval_windows) -> (val loss, condensation)``.
+
+  For parameters stacked along a leading axis (one per evaluation), the
+  validation loss on ``eval_windows`` and the four condensation numbers of
+  :func:`_condensation`, one snapshot at a time (``lax.map``). One program
+  shared by every method.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  loss_fn = _loss_fn(settings)
+
+  def evaluate(snapshots, windows):
+    return jax.lax.map(
+        lambda p: (loss_fn(p, windows), jnp.stack(_condensation(p))),
+        snapshots)
+
+  return jax.jit(evaluate).lower(snapshots, jnp.asarray(eval_windows,
+                                                        jnp.int32))
 
 
 def compile_all(lowered: dict[str, Any], *,
@@ -416,44 +464,40 @@ def compile_all(lowered: dict[str, Any], *,
   return {name: low.compile(options) for name, low in lowered.items()}
 
 
-def lower_final_loss(settings: Settings, windows):
+def lower_final_loss(settings: Settings, windows, params):
   """The lowered ``(params, windows) -> mean loss`` (nats per byte).
 
   One window at a time (``lax.map``), so memory does not grow with the
-  validation set.
+  validation set. ``params``: arrays or ``jax.ShapeDtypeStruct``s.
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
-  graphdef, params, rest = split_model(make_model(settings, 0))
-  windows = jnp.asarray(windows, jnp.int32)
+  loss_fn = _loss_fn(settings)
 
   def loss(params, windows):
-    def one(w):
-      logits = merge_model(graphdef, params, rest)(w[None, :-1])
-      return optax.softmax_cross_entropy_with_integer_labels(
-          logits, w[None, 1:]).mean()
-    return jax.lax.map(one, windows).mean()
+    return jax.lax.map(lambda w: loss_fn(params, w[None]), windows).mean()
 
-  return jax.jit(loss).lower(params, windows)
+  return jax.jit(loss).lower(params, jnp.asarray(windows, jnp.int32))
 
 
-def run_seeds(compiled, settings: Settings, data, final_loss
-              ) -> dict[str, Any]:
-  """All seeds of one compiled method, one after another; NumPy arrays.
+def run_seeds(run, settings: Settings, train_bytes, evaluate,
+              final_loss) -> dict[str, Any]:
+  """All seeds of one method, one after another; NumPy arrays.
 
-  ``data``: ``(train_bytes, eval_windows)`` as given to
-  :func:`lower_training`; ``final_loss``: ``params -> mean loss`` on all
-  validation windows (see :func:`lower_final_loss`).
+  ``run(seed, train_bytes)``: :func:`lower_training`'s program,
+  compiled, with the method's index bound; ``evaluate``:
+  ``snapshots -> (val loss, condensation)`` (:func:`lower_evaluation`);
+  ``final_loss``: ``params -> mean loss`` on all validation windows
+  (:func:`lower_final_loss`).
 
   Returns:
     Per seed (leading axis): ``final_val_bpb`` (all validation windows),
-    ``val_bpb`` ``(seeds, evals)`` along the run, ``train_loss``,
-    ``relative_change`` and ``accepted_fraction`` ``(seeds, steps)``,
-    ``condensation`` ``(seeds, evals, 4)`` (head max/mean, MLP max/mean
-    ``|cos|``) and ``init_condensation`` ``(seeds, 4)``; plus
-    ``step_seconds``: the median over seeds of the run's time per step
-    (compilation excluded).
+    ``val_bpb`` ``(seeds, evals)`` at steps 0, ``eval_every``, ...,
+    ``train_loss``, ``relative_change`` and ``accepted_fraction``
+    ``(seeds, steps)``, ``condensation`` ``(seeds, evals, 4)`` (head
+    max/mean, MLP max/mean ``|cos|``); plus ``step_seconds``: the median
+    over seeds of the training program's time per step (compilation and
+    evaluation excluded).
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -462,10 +506,13 @@ def run_seeds(compiled, settings: Settings, data, final_loss
   seconds = []
   for seed in range(settings.seeds):
     start = time.perf_counter()
-    res = jax.block_until_ready(compiled(jnp.asarray(seed, jnp.int32),
-                                         *data))
+    res = jax.block_until_ready(run(jnp.asarray(seed, jnp.int32),
+                                    train_bytes))
     seconds.append(time.perf_counter() - start)
-    res['final_val_loss'] = final_loss(res.pop('params'))
+    snapshots = res.pop('snapshots')
+    res['val_loss'], res['condensation'] = evaluate(snapshots)
+    res['final_val_loss'] = final_loss(
+        jax.tree.map(lambda x: x[-1], snapshots))
     res = jax.device_get(res)
     active = np.asarray(res.pop('active'), bool)
     for k in ('train_loss', 'relative_change', 'accepted_fraction'):
@@ -484,8 +531,11 @@ def run_experiment(settings: Settings, *, progress: bool = False,
   """``results[method]`` = :func:`run_seeds`'s arrays.
 
   ``results['_data']`` describes the split and ``results['_compile_s']``
-  is the time spent tracing and compiling (all methods, in parallel).
+  is the time spent tracing and compiling every program (one training
+  program per method, one evaluation and one final-loss program shared by
+  all), before anything runs.
   """
+  import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   train_bytes, valid_bytes, description = load_corpus(settings.text)
   if len(train_bytes) <= settings.context + 1:
@@ -497,23 +547,32 @@ def run_experiment(settings: Settings, *, progress: bool = False,
   results: dict[str, Any] = {'_data': description}
   every = jnp.asarray(validation_windows(valid_bytes, settings.context),
                       jnp.int32)
-  data = (jnp.asarray(train_bytes, jnp.int32), jnp.asarray(
-      validation_windows(valid_bytes, settings.context,
-                         settings.eval_windows), jnp.int32))
+  some = jnp.asarray(validation_windows(valid_bytes, settings.context,
+                                        settings.eval_windows), jnp.int32)
+  train_bytes = jnp.asarray(train_bytes, jnp.int32)
   bar = _common.progress(total=len(settings.methods) + 1, desc='lm',
                          disable=not progress)
   bar.set_postfix_str('compiling')
   start = time.perf_counter()
-  lowered = {m: lower_training(m, settings, *data) for m in settings.methods}
-  lowered['_final'] = lower_final_loss(settings, every)
+  lowered = {'_train': lower_training(settings, train_bytes)}
+  snapshots = lowered['_train'].out_info['snapshots']
+  lowered['_evaluate'] = lower_evaluation(settings, some, snapshots)
+  params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype),
+                        snapshots)
+  lowered['_final'] = lower_final_loss(settings, every, params)
   compiled = compile_all(lowered, fast_compile=fast_compile)
-  final = compiled.pop('_final')
+  train = compiled['_train']
+  evaluate_program, final = compiled['_evaluate'], compiled['_final']
+  evaluate = lambda snaps: evaluate_program(snaps, some)  # noqa: E731
   final_loss = lambda params: final(params, every)  # noqa: E731
   results['_compile_s'] = time.perf_counter() - start
   bar.update(1)
-  for method in settings.methods:
+  for index, method in enumerate(settings.methods):
     bar.set_postfix_str(method)
-    results[method] = run_seeds(compiled[method], settings, data, final_loss)
+    method_index = jnp.asarray(index, jnp.int32)
+    run = lambda seed, data, k=method_index: train(seed, k, data)  # noqa: E731
+    results[method] = run_seeds(run, settings, train_bytes, evaluate,
+                                final_loss)
     bar.update(1)
   bar.close()
   return results
@@ -534,7 +593,7 @@ def summarize(results, settings: Settings) -> dict[str, Any]:
         'method': method,
         'final_val_bpb': _common.seed_stats(r['final_val_bpb']),
         'val_bpb_mean': [float(v) for v in r['val_bpb'].mean(axis=0)],
-        'eval_steps': [min((k + 1) * settings.eval_every, settings.steps)
+        'eval_steps': [min(k * settings.eval_every, settings.steps)
                        for k in range(r['val_bpb'].shape[1])],
         'final_train_loss': _common.seed_stats(
             r['train_loss'][:, -10:].mean(axis=1)),
@@ -543,9 +602,9 @@ def summarize(results, settings: Settings) -> dict[str, Any]:
         'mlp_max_abs_cos': _common.seed_stats(cond[:, 2]),
         'mlp_mean_abs_cos': _common.seed_stats(cond[:, 3]),
         'init_head_mean_abs_cos': _common.seed_stats(
-            r['init_condensation'][:, 1]),
+            r['condensation'][:, 0, 1]),
         'init_mlp_mean_abs_cos': _common.seed_stats(
-            r['init_condensation'][:, 3]),
+            r['condensation'][:, 0, 3]),
         'relative_change': _common.seed_stats(
             r['relative_change'].mean(axis=1)),
         'accepted_fraction': _common.seed_stats(
@@ -590,8 +649,8 @@ def markdown(summary: dict[str, Any]) -> str:
           f"{init['init_mlp_mean_abs_cos']['mean']:.3f}); relative change: "
           "|Δg| / |g| of the collided leaves, mean over steps; accepted: "
           'pairs collided / pairs tested, mean over steps; time per step '
-          'relative to AdamW (compilation excluded, the periodic validation '
-          'included; this machine).\n\n')
+          'relative to AdamW (the training program alone: compilation and '
+          'evaluation excluded; this machine).\n\n')
   text += _common.markdown_table(
       ['optimizer', 'val bits/byte', 'lm_head mean |cos|',
        'MLP mean |cos|', 'relative change', 'hard: accepted',
