@@ -468,7 +468,7 @@ def lower_final_loss(settings: Settings, windows, params):
   """The lowered ``(params, windows) -> mean loss`` (nats per byte).
 
   One window at a time (``lax.map``), so memory does not grow with the
-  validation set. ``params``: arrays or ``jax.ShapeDtypeStruct``s.
+  validation set. ``params``: arrays or ``jax.ShapeDtypeStruct`` values.
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
