@@ -236,7 +236,7 @@ def test_lm_mlp_collision_is_per_stacked_layer():
   from kinetix import kinetic, masks  # pylint: disable=g-import-not-at-top
   from kinetix.experiments import lm  # pylint: disable=g-import-not-at-top
   settings = lm.Settings(layers=3, d_model=16, heads=2, context=8)
-  _, params, _ = lm.split_model(lm.make_model(settings, 0))
+  params = lm.init_params(settings, jax.random.key(0))
   assert params['blocks']['mlp_in']['kernel'].shape == (3, 16, 64)
   assert params['blocks']['mlp_out']['kernel'].shape == (3, 64, 16)
   keys = iter(jax.random.split(jax.random.key(1), 64))
@@ -244,13 +244,14 @@ def test_lm_mlp_collision_is_per_stacked_layer():
                        params)
   tx = kinetic.soft_collision(0.3, mask=masks.by_path(*lm.MLP_KERNELS),
                               layer_axes=0)
-  updates, _ = tx.update(grads, tx.init(params), params)
+  updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
   single = kinetic.soft_collision(0.3)
+  single_update = jax.jit(single.update)
   for name in ('mlp_in', 'mlp_out'):
     for layer in range(3):
       p = {'k': params['blocks'][name]['kernel'][layer]}
       g = {'k': grads['blocks'][name]['kernel'][layer]}
-      ref, _ = single.update(g, single.init(p), p)
+      ref, _ = single_update(g, single.init(p), p)
       np.testing.assert_allclose(
           updates['blocks'][name]['kernel'][layer], ref['k'], rtol=2e-5,
           atol=2e-6)

@@ -56,6 +56,7 @@ Run it with ``python -m kinetix lm``; programmatic use::
 
 import argparse
 import dataclasses
+import functools
 import math
 import pathlib
 import sys
@@ -340,10 +341,31 @@ def _condensation(params):
   return head['max_abs_cos'], head['mean_abs_cos'], mlp_max, mlp_mean
 
 
+@functools.lru_cache(maxsize=4)
+def _model_structure(settings: Settings):
+  """``(graphdef, rest)`` of the model: its structure and non-parameter state.
+
+  Built once per settings, under ``jit``: an eager NNX initialisation runs
+  (and, on a CPU, compiles) one small program per operation.
+  """
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: make_model(settings, 0)),
+                             nnx.Param, ...)
+  rest = jax.jit(lambda: split_model(make_model(settings, 0))[2])()
+  return graphdef, rest
+
+
+def init_params(settings: Settings, key: Any):
+  """The model's parameters (a plain dict) from ``key``, under ``jit``."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.jit(lambda k: split_model(make_model(settings, k))[1])(key)
+
+
 def _loss_fn(settings: Settings):
   """``loss(params, windows)``: mean next-byte cross-entropy (nats)."""
   import optax  # pylint: disable=g-import-not-at-top
-  graphdef, _, rest = split_model(make_model(settings, 0))
+  graphdef, rest = _model_structure(settings)
 
   def loss_fn(params, windows):
     logits = merge_model(graphdef, params, rest)(windows[:, :-1])
