@@ -157,8 +157,8 @@ def test_bad_value_returns_nonzero(argv, tmp_path, capsys):
   assert cli.main(argv + ['--quick', '--no-progress', '--out',
                           str(tmp_path)]) == 2
   err = capsys.readouterr().err
-  assert err.startswith(f'kinetix {argv[0]}: ') and 'choose from' in err \
-      or 'must be' in err, err
+  assert err.startswith(f'kinetix {argv[0]}: '), err
+  assert 'choose from' in err or 'must be' in err, err
   assert len(err.strip().splitlines()) == 1, err
   assert not any(tmp_path.iterdir())
 

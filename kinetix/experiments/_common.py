@@ -115,10 +115,11 @@ def seed_stats(values: Sequence[float]) -> dict[str, Any]:
   return {'mean': mean, 'std': std, 'per_seed': vals}
 
 
-def fmt_mean_std(values: Sequence[float], digits: int = 3,
-                 scale: float = 1.0) -> str:
-  mean, std = mean_std([scale * v for v in values])
-  return f'{mean:.{digits}f} ± {std:.{digits}f}'
+def fmt_stat(stat: Mapping[str, Any], digits: int = 3,
+             scale: float = 1.0) -> str:
+  """``'mean ± std'`` of a :func:`seed_stats` entry, times ``scale``."""
+  return (f"{scale * stat['mean']:.{digits}f} ± "
+          f"{scale * stat['std']:.{digits}f}")
 
 
 def environment() -> dict[str, Any]:

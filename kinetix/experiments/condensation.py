@@ -269,9 +269,9 @@ def markdown(summary: dict[str, Any]) -> str:
       acc = e.get('accepted_fraction')
       rows.append([
           activation, METHOD_LABELS[method],
-          f"{e['max_abs_cos']['mean']:.3f} ± {e['max_abs_cos']['std']:.3f}",
-          f"{e['mean_abs_cos']['mean']:.3f} ± {e['mean_abs_cos']['std']:.3f}",
-          f"{e['final_loss']['mean']:.2f} ± {e['final_loss']['std']:.2f}",
+          _common.fmt_stat(e['max_abs_cos']),
+          _common.fmt_stat(e['mean_abs_cos']),
+          _common.fmt_stat(e['final_loss'], 2),
           '—' if acc is None else f"{100 * acc['mean']:.2f} %",
       ])
   init = next(iter(next(iter(summary['results'].values())).values()))

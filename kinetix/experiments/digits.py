@@ -388,11 +388,6 @@ def summarize(results, settings: Settings) -> dict[str, Any]:
           'results': rows}
 
 
-def _pm(stat: dict[str, Any], digits: int = 3, scale: float = 1.0) -> str:
-  return (f"{scale * stat['mean']:.{digits}f} ± "
-          f"{scale * stat['std']:.{digits}f}")
-
-
 def markdown(summary: dict[str, Any]) -> str:
   """The Markdown table and its caption, from :func:`summarize`'s output."""
   s = _common.settings_from_json(Settings, summary['settings'])
@@ -402,11 +397,11 @@ def markdown(summary: dict[str, Any]) -> str:
     rows.append([
         MODEL_LABELS[e['model']], OPTIMIZER_LABELS[e['optimizer']],
         METHOD_LABELS[e['method']],
-        _pm(e['test_accuracy'], 2, 100.0),
+        _common.fmt_stat(e['test_accuracy'], 2, 100.0),
         f"{e['final_train_loss']['mean']:.2e} ± "
         f"{e['final_train_loss']['std']:.1e}",
-        _pm(e['head_max_abs_cos']),
-        _pm(e['head_mean_abs_cos']),
+        _common.fmt_stat(e['head_max_abs_cos']),
+        _common.fmt_stat(e['head_mean_abs_cos']),
         '—' if acc is None else f"{100 * acc['mean']:.2f} %",
     ])
   data = summary['data']

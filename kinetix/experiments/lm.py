@@ -639,11 +639,6 @@ def summarize(results, settings: Settings) -> dict[str, Any]:
           'compile_seconds': results['_compile_s'], 'results': rows}
 
 
-def _pm(stat: dict[str, Any], digits: int = 3, scale: float = 1.0) -> str:
-  return (f"{scale * stat['mean']:.{digits}f} ± "
-          f"{scale * stat['std']:.{digits}f}")
-
-
 def markdown(summary: dict[str, Any]) -> str:
   """The Markdown table and its caption, from :func:`summarize`'s output."""
   s = _common.settings_from_json(Settings, summary['settings'])
@@ -654,10 +649,10 @@ def markdown(summary: dict[str, Any]) -> str:
     ratio = e['step_time_vs_adamw']
     rows.append([
         METHOD_LABELS[e['method']],
-        _pm(e['final_val_bpb']),
-        _pm(e['head_mean_abs_cos']),
-        _pm(e['mlp_mean_abs_cos']),
-        _pm(e['relative_change'], 4) if collides else '—',
+        _common.fmt_stat(e['final_val_bpb']),
+        _common.fmt_stat(e['head_mean_abs_cos']),
+        _common.fmt_stat(e['mlp_mean_abs_cos']),
+        _common.fmt_stat(e['relative_change'], 4) if collides else '—',
         f"{100 * e['accepted_fraction']['mean']:.3f} %" if hard else '—',
         '—' if ratio is None else f'{ratio:.2f}×',
     ])
@@ -766,11 +761,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def run(args: argparse.Namespace) -> int:
   """``python -m kinetix lm``: runs, writes the files, prints."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  if args.text is None and importlib.util.find_spec('pydoc_data') is None:
-    print(f'kinetix lm: {MISSING_CORPUS}', file=sys.stderr)
-    return 2
-
   def compute(settings):
     results = run_experiment(settings, progress=not args.no_progress,
                              fast_compile=bool(args.quick))
@@ -780,6 +770,10 @@ def run(args: argparse.Namespace) -> int:
     del settings
     return {'lm.png': curves_figure(summary, results)}
 
-  return _common.run_command(
-      args, NAME, settings_from_args=settings_from_args, compute=compute,
-      markdown=markdown, figures=figures)
+  try:
+    return _common.run_command(
+        args, NAME, settings_from_args=settings_from_args, compute=compute,
+        markdown=markdown, figures=figures)
+  except CorpusUnavailable as e:  # raised before any training or output
+    print(f'kinetix lm: {e}', file=sys.stderr)
+    return 2
