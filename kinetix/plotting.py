@@ -37,8 +37,8 @@ __all__ = [
   'training_curves',
 ]
 
-# The KO paper's colours: navy for opposite directions (cos = -1), beige for
-# the same direction (cos = +1), white for orthogonal neurons.
+#: The KO paper's colours: navy for opposite directions (cos = -1), beige
+#: for the same direction (cos = +1), white for orthogonal neurons.
 SIMILARITY_CMAP = mcolors.LinearSegmentedColormap.from_list(
     'kinetix_similarity', ['#0b1f4b', '#3b5b92', '#f7f7f2', '#e9cf9a',
                            '#c9954a'])
