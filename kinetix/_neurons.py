@@ -277,20 +277,22 @@ def to_leaf_order(y: jax.Array, lay: Layout) -> jax.Array:
 
 
 def matrix_view(lay: Layout, shape: tuple[int, ...]):
-  """An ``(L, N, D)`` view of a leaf for row gathers: ``(axis, to, back)``.
+  """A 3-D view of a leaf, one 2-D matrix per layer: ``(axis, to, back)``.
 
-  ``to(x)`` is a free reshape when the leaf's axes are already in that
-  order, else a transpose; ``back`` inverts it. ``axis`` is the neuron axis
-  of one layer (``0``).
-  Flax ``(D, N)`` kernels are transposed rather than gathered by column:
-  on XLA:CPU, column gathers fused with their consumers measured slower
-  than the two transposes.
+  ``axis`` is where the neurons lie in each layer's matrix: ``0`` for an
+  ``(L, N, D)`` view, ``1`` for ``(L, D, N)``. A leaf stored in either order
+  (layer axes first; a Flax ``(in, out)`` or ``(kh, kw, in, out)`` kernel is
+  ``(D, N)``, a PyTorch-style ``(out, in)`` matrix ``(N, D)``) gets a free
+  reshape; any other order is transposed to ``(L, N, D)`` and back.
   """
   ndim = len(shape)
   identity = tuple(range(ndim))
   if lay.perm == identity:
     view = (lay.layers, lay.neurons, lay.features)
     return (0, lambda x: x.reshape(view), lambda y: y.reshape(shape))
+  if lay.layer_axes + lay.feature_axes + (lay.neuron_axis,) == identity:
+    view = (lay.layers, lay.features, lay.neurons)
+    return (1, lambda x: x.reshape(view), lambda y: y.reshape(shape))
   return (0, lambda x: to_neurons(x, lay, x.dtype),
           lambda y: from_neurons(y, lay, shape, y.dtype))
 

@@ -197,20 +197,37 @@ def _soft_leaf(w, g, coef, min_similarity, lay: _neurons.Layout, *,
   return g - coef * _neurons.to_leaf_order(rep, lay), abs_cos
 
 
+# Below this Σ|u|², squares that underflow could matter: rescale (2^-40).
+_SQ_SUM_FLOOR = 2.0 ** -40
+
+
 def _scaled_sq_sums(new, u):
-  """``(e, |new − u|²/4^e, |u|²/4^e)`` with ``2^e`` the max-abs scale of u.
+  """``(e, |new − u|²/4^e, |u|²/4^e)``, float32, on a power-of-two scale.
 
   Summing squares of gradients beyond ~1e19 (or below ~1e-19) overflows (or
-  underflows) float32; :func:`_combine_sq_sums` adds leaves on one scale.
+  underflows) float32; :func:`_relative_change` adds leaves on one scale.
+  The sums are taken as they are (``e = 0``, one pass over ``new`` and
+  ``u``) unless they overflow or ``|u|²`` is below ``2^-40``; only then are
+  they summed again with ``2^e`` the max-abs scale of ``u`` (a ``lax.cond``:
+  the usual step pays no max-abs pass).
   """
-  # |new − u| is at most ~N·max|u| (Σ of N bounded terms): u's scale is
-  # enough, and saves a pass over ``new``.
-  scale = _neurons.max_abs_scale(u).reshape(())
-  d = (new - u) / scale
-  x = u / scale
-  _, e = jnp.frexp(scale)
-  return (e.astype(jnp.int32) - 1, jnp.sum(d * d).astype(jnp.float32),
-          jnp.sum(x * x).astype(jnp.float32))
+  u = jnp.asarray(u)
+  fast = (jnp.sum(jnp.square(new - u)).astype(jnp.float32),
+          jnp.sum(u * u).astype(jnp.float32))
+  ok = (jnp.isfinite(fast[0]) & jnp.isfinite(fast[1])
+        & (fast[1] >= _SQ_SUM_FLOOR))
+
+  def rescaled(_):
+    # |new − u| is at most ~N·max|u| (Σ of N bounded terms): u's scale is
+    # enough, and saves a pass over ``new``.
+    scale = _neurons.max_abs_scale(u).reshape(())
+    dd, x = (new - u) / scale, u / scale
+    _, e = jnp.frexp(scale)
+    return (e.astype(jnp.int32) - 1, jnp.sum(dd * dd).astype(jnp.float32),
+            jnp.sum(x * x).astype(jnp.float32))
+
+  return jax.lax.cond(ok, lambda f: (jnp.zeros([], jnp.int32), *f), rescaled,
+                      fast)
 
 
 def _relative_change(parts) -> jax.Array:
@@ -492,56 +509,116 @@ def _hard_all_layer(w, g, key, coef, distance_scale, *, capacity: int):
 # Hard collision, disjoint pairing (DSMC-style binary collisions)
 
 
-def _hard_disjoint_layer(w, g, key, coef, distance_scale, axis: int):
-  """A random perfect matching of one layer's neurons, collided elastically.
+def _matching(key, n: int):
+  """A random perfect matching of ``n`` neurons and the pairs' directions key.
 
-  ``w`` and ``g`` are 2-D with the neurons along ``axis`` (0: ``(N, D)``,
-  1: ``(D, N)``, the Flax layout, used as it is stored). The gathered halves
-  are materialised once (``optimization_barrier``) so that every reduction
-  reads them, not the gather, and the new gradients return to neuron order
-  with a second gather (the inverse permutation) rather than a scatter.
-  Returns ``(new g, accepted pairs, Σ|cos| over the matched pairs)``.
+  Neurons ``perm[2k]`` and ``perm[2k + 1]`` form pair ``k``; for odd ``n``
+  the last one, ``perm[n − 1]``, sits out.
   """
-  n, d = g.shape[axis], g.shape[1 - axis]
-  feat = 1 - axis
-  half = n // 2
   perm_key, dir_key = jax.random.split(key)
-  perm = jax.random.permutation(perm_key, n)
+  return jax.random.permutation(perm_key, n), dir_key
+
+
+def _disjoint_rows(w, g, key, coef, distance_scale):
+  """Disjoint pairing of an ``(N, D)`` layer (neurons are rows).
+
+  The gathered halves are materialised once (``optimization_barrier``) so
+  that every reduction reads them, not the gather, and the new gradients
+  return to neuron order with a second gather (the inverse permutation)
+  rather than a scatter.
+  """
+  n, d = g.shape
+  half = n // 2
+  perm, dir_key = _matching(key, n)
   a, b = perm[0:2 * half:2], perm[1:2 * half:2]
-  take = lambda x, idx: jnp.take(x, idx, axis=axis)  # noqa: E731
-  ga, gb, wa, wb = jax.lax.optimization_barrier(
-      (take(g, a), take(g, b), take(w, a), take(w, b)))
+  ga, gb, wa, wb = jax.lax.optimization_barrier((g[a], g[b], w[a], w[b]))
   diff = gb - ga
   scale = _neurons.max_abs_scale(diff)
-  speed = _neurons.safe_norm(diff / scale, feat) * scale
+  speed = _neurons.safe_norm(diff / scale, 1) * scale
   w_scale = _neurons.max_abs_scale(jnp.maximum(jnp.max(jnp.abs(wa)),
                                                jnp.max(jnp.abs(wb))))
   wa_s, wb_s = wa / w_scale, wb / w_scale
-  dist = _neurons.safe_norm(wb_s - wa_s, feat) * w_scale
-  s_max = jnp.max(speed)
-  ratio = jnp.where(s_max > 0, speed / jnp.where(s_max > 0, s_max, 1.0), 0.0)
-  accept = ratio * jnp.exp(-distance_scale * dist) > 1.0 - coef
+  dist = _neurons.safe_norm(wb_s - wa_s, 1) * w_scale
+  accept = _disjoint_accept(speed, dist, coef, distance_scale)
   z = jax.random.normal(dir_key, (half, d), g.dtype)
-  if axis == 1:
-    z = z.T
-  n_dir = z / jnp.maximum(_neurons.safe_norm(z, feat, keepdims=True),
+  n_dir = z / jnp.maximum(_neurons.safe_norm(z, 1, keepdims=True),
                           jnp.finfo(g.dtype).tiny)
-  along = lambda v: jnp.expand_dims(v, feat)  # noqa: E731
   # g_a* = g_cm + ½ g_r n, g_b* = g_cm − ½ g_r n: Δ_b = −Δ_a exactly.
-  delta_a = jnp.where(along(accept),
-                      0.5 * diff + 0.5 * along(speed) * n_dir, 0.0)
+  delta_a = jnp.where(accept[:, None],
+                      0.5 * diff + 0.5 * speed[:, None] * n_dir, 0.0)
   parts, order = [ga + delta_a, gb - delta_a], [a, b]
   if n > 2 * half:                       # an odd neuron sits out
-    parts.append(take(g, perm[2 * half:]))
+    parts.append(g[perm[2 * half:]])
     order.append(perm[2 * half:])
   position = jnp.zeros(n, jnp.int32).at[jnp.concatenate(order)].set(
       jnp.arange(n, dtype=jnp.int32))
-  new = take(jnp.concatenate(parts, axis=axis), position)
-  na, nb_ = _neurons.safe_norm(wa_s, feat), _neurons.safe_norm(wb_s, feat)
+  new = jnp.concatenate(parts)[position]
+  na, nb_ = _neurons.safe_norm(wa_s, 1), _neurons.safe_norm(wb_s, 1)
   both = (na > 0) & (nb_ > 0)
-  cos = jnp.sum(wa_s * wb_s, axis=feat) / jnp.where(both, na * nb_, 1.0)
+  cos = jnp.sum(wa_s * wb_s, axis=1) / jnp.where(both, na * nb_, 1.0)
   abs_cos = jnp.sum(jnp.where(both, jnp.abs(cos), 0.0))
   return new, jnp.sum(accept, dtype=jnp.int32), abs_cos
+
+
+def _disjoint_columns(w, g, key, coef, distance_scale):
+  """Disjoint pairing of a ``(D, N)`` layer (neurons are columns), in place.
+
+  A Flax ``(in, out)`` kernel is used as it is stored: each neuron reads its
+  partner's column (one gather per array, materialised before any reduction
+  reads it: XLA:CPU runs a gather fused into a column reduction many times
+  slower), every per-pair quantity is computed once per neuron (the two
+  partners get bitwise the same speed, distance and verdict), and the pair
+  directions are drawn as ``(D, N/2)`` columns. The same physics as
+  :func:`_disjoint_rows`, not the same random numbers.
+  """
+  d, n = g.shape
+  half = n // 2
+  perm, dir_key = _matching(key, n)
+  position = jnp.zeros(n, jnp.int32).at[perm].set(
+      jnp.arange(n, dtype=jnp.int32))
+  odd = position >= 2 * half             # the neuron that sits out, if any
+  partner = perm[jnp.where(odd, position, position ^ 1)]
+  pair = jnp.minimum(position // 2, half - 1)
+  first = position % 2 == 0
+  diff = jax.lax.optimization_barrier(g[:, partner] - g)
+  w_partner = jax.lax.optimization_barrier(w[:, partner])
+  scale = _neurons.max_abs_scale(diff)
+  speed = _neurons.safe_norm(diff / scale, 0) * scale
+  w_scale = _neurons.max_abs_scale(w)
+  w_s, wp_s = w / w_scale, w_partner / w_scale
+  dist = _neurons.safe_norm(wp_s - w_s, 0) * w_scale
+  accept = _disjoint_accept(speed, dist, coef, distance_scale) & ~odd
+  z = jax.random.normal(dir_key, (d, half), g.dtype)
+  inv = 1.0 / jnp.maximum(_neurons.safe_norm(z, 0), jnp.finfo(g.dtype).tiny)
+  along = jnp.where(accept, 0.5 * speed * inv[pair], 0.0)
+  along = jnp.where(first, along, -along)
+  # Partner b computes −(½(g_b − g_a)) and −along·n: Δ_b = −Δ_a exactly.
+  delta = jnp.where(accept, 0.5, 0.0) * diff + along * z[:, pair]
+  new = g + delta
+  na = _neurons.safe_norm(w_s, 0)
+  nb_ = na[partner]                      # the partner's own norm, bitwise
+  both = (na > 0) & (nb_ > 0) & first & ~odd
+  cos = jnp.sum(w_s * wp_s, axis=0) / jnp.where(both, na * nb_, 1.0)
+  abs_cos = jnp.sum(jnp.where(both, jnp.abs(cos), 0.0))
+  return new, jnp.sum(accept & first, dtype=jnp.int32), abs_cos
+
+
+def _disjoint_accept(speed, dist, coef, distance_scale):
+  """Eq. 7 over the matched pairs, the maximum taken over those pairs."""
+  s_max = jnp.max(speed)
+  ratio = jnp.where(s_max > 0, speed / jnp.where(s_max > 0, s_max, 1.0), 0.0)
+  return ratio * jnp.exp(-distance_scale * dist) > 1.0 - coef
+
+
+def _hard_disjoint_layer(w, g, key, coef, distance_scale, axis: int):
+  """A random perfect matching of one layer's neurons, collided elastically.
+
+  ``w`` and ``g`` are 2-D with the neurons along ``axis`` (0: ``(N, D)``;
+  1: ``(D, N)``, the Flax layout, used as it is stored).
+  Returns ``(new g, accepted pairs, Σ|cos| over the matched pairs)``.
+  """
+  fn = _disjoint_rows if axis == 0 else _disjoint_columns
+  return fn(w, g, key, coef, distance_scale)
 
 
 def _per_layer(fn, *stacked):
@@ -708,9 +785,8 @@ def hard_collision(
         keys = jax.vmap(lambda i: jax.random.fold_in(leaf_key, i))(
             jnp.arange(lay.layers))
         if pairing == 'disjoint':
-          # O(N·D): an (L, N, D) view, a free reshape when the leaf is stored
-          # that way, else one transpose in and one out (faster on XLA:CPU
-          # than gathering the columns of a Flax (D, N) kernel).
+          # O(N·D) on a per-layer (N, D) or (D, N) matrix: a free reshape
+          # when the leaf is stored either way, else a transpose in and out.
           axis, to_view, from_view = _neurons.matrix_view(lay, u.shape)
           g, w = to_view(u.astype(cdt)), to_view(p.astype(cdt))
           new, m, abs_cos = _per_layer(

@@ -242,6 +242,82 @@ def test_disjoint_conserves_kinetic_energy_and_pairs_once():
   assert np.sum(per_neuron == 0) >= 1             # the odd neuron sits out
 
 
+def disjoint_reference(w, g, c, kappa, key, columns):
+  """The matching and directions kinetix draws, collided with NumPy loops.
+
+  ``w``, ``g``: (N, D) float64. Pair k is (perm[2k], perm[2k + 1]); its
+  direction is row k of a (N/2, D) normal draw for the row layout and
+  column k of a (D, N/2) draw for the column layout.
+  """
+  n, d = g.shape
+  half = n // 2
+  perm_key, dir_key = jax.random.split(key)
+  perm = np.asarray(jax.random.permutation(perm_key, n))
+  if columns:
+    z = np.asarray(jax.random.normal(dir_key, (d, half)), np.float64).T
+  else:
+    z = np.asarray(jax.random.normal(dir_key, (half, d)), np.float64)
+  pairs = [(perm[2 * k], perm[2 * k + 1]) for k in range(half)]
+  speed = np.array([np.linalg.norm(g[b] - g[a]) for a, b in pairs])
+  dist = np.array([np.linalg.norm(w[b] - w[a]) for a, b in pairs])
+  out, accepted = g.copy(), 0
+  for k, (a, b) in enumerate(pairs):
+    if speed.max() == 0 or speed[k] * np.exp(-kappa * dist[k]) / speed.max(
+    ) <= 1 - c:
+      continue
+    accepted += 1
+    delta = 0.5 * (g[b] - g[a]) + 0.5 * speed[k] * z[k] / np.linalg.norm(z[k])
+    out[a] += delta
+    out[b] -= delta
+  return out, accepted
+
+
+@pytest.mark.parametrize('shape,neuron_axis,columns', [
+    ((6, 9), -1, True),         # Flax Dense (in, out): used as stored
+    ((2, 3, 4, 7), -1, True),   # Flax Conv (kh, kw, in, out): as stored
+    ((9, 6), 0, False),         # PyTorch-style (out, in): rows
+    ((6, 3, 9), 2, True),       # features first, neurons last
+    ((6, 9, 3), 1, False),      # neurons in the middle: transposed to rows
+])
+def test_disjoint_matches_reference_on_every_layout(shape, neuron_axis,
+                                                    columns):
+  w, g = _rand(shape, 40, 0.3), _rand(shape, 41)
+  tx = kinetic.hard_collision(0.4, key=3, pairing='disjoint',
+                              neuron_axis=neuron_axis, distance_scale=0.2)
+  updates, state = _apply(tx, {'k': g}, {'k': w})
+  ref, accepted = disjoint_reference(
+      _neurons_np(w, neuron_axis), _neurons_np(g, neuron_axis), 0.4, 0.2,
+      _layer_key(3, 'k'), columns)
+  assert accepted > 0       # and some pairs rejected in most cases
+  assert int(state.accepted_pairs) == accepted
+  np.testing.assert_allclose(
+      updates['k'], _from_neurons_np(ref, shape, neuron_axis), rtol=1e-5,
+      atol=1e-5)
+
+
+def test_disjoint_layouts_share_matching_and_verdicts():
+  """A (D, N) kernel and its (N, D) transpose: same pairs, same physics.
+
+  Only the random directions are drawn in another order; what each pair
+  conserves (centre of mass and relative speed) is the same.
+  """
+  w, g = _rand((12, 10), 42, 0.3), _rand((12, 10), 43)
+  make = lambda axis: kinetic.hard_collision(  # noqa: E731
+      0.7, key=9, pairing='disjoint', neuron_axis=axis, distance_scale=0.2)
+  cols, s_cols = _apply(make(-1), {'k': g}, {'k': w})
+  rows, s_rows = _apply(make(0), {'k': g.T}, {'k': w.T})
+  assert int(s_cols.accepted_pairs) == int(s_rows.accepted_pairs) > 0
+  np.testing.assert_allclose(s_cols.mean_abs_cos, s_rows.mean_abs_cos,
+                             rtol=1e-6)
+  perm_key, _ = jax.random.split(_layer_key(9, 'k'))
+  perm = np.asarray(jax.random.permutation(perm_key, 10))
+  c, r = np.asarray(cols['k']).T, np.asarray(rows['k'])
+  for a, b in zip(perm[0::2], perm[1::2], strict=True):
+    np.testing.assert_allclose(c[a] + c[b], r[a] + r[b], atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(c[a] - c[b]),
+                               np.linalg.norm(r[a] - r[b]), rtol=1e-5)
+
+
 def test_two_neuron_collision_is_elastic():
   w = np.zeros((6, 2), np.float32)
   g = _rand((6, 2), 21)
