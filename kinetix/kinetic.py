@@ -197,8 +197,11 @@ def _soft_leaf(w, g, coef, min_similarity, lay: _neurons.Layout, *,
   return g - coef * _neurons.to_leaf_order(rep, lay), abs_cos
 
 
-# Below this Σ|u|², squares that underflow could matter: rescale (2^-40).
+# The band of Σ|u|² (and the ceiling of Σ|new − u|²) summed as it is:
+# below 2^-40 squares that underflow could matter; above 2^100 the sums of
+# several leaves in _relative_change could overflow. Outside it, rescale.
 _SQ_SUM_FLOOR = 2.0 ** -40
+_SQ_SUM_CEIL = 2.0 ** 100
 
 
 def _scaled_sq_sums(new, u):
@@ -207,15 +210,17 @@ def _scaled_sq_sums(new, u):
   Summing squares of gradients beyond ~1e19 (or below ~1e-19) overflows (or
   underflows) float32; :func:`_relative_change` adds leaves on one scale.
   The sums are taken as they are (``e = 0``, one pass over ``new`` and
-  ``u``) unless they overflow or ``|u|²`` is below ``2^-40``; only then are
+  ``u``) when ``|u|²`` lies in ``[2^-40, 2^100]`` and ``|new − u|²`` is at
+  most ``2^100``; only otherwise (overflow, NaN or underflow included) are
   they summed again with ``2^e`` the max-abs scale of ``u`` (a ``lax.cond``:
   the usual step pays no max-abs pass).
   """
   u = jnp.asarray(u)
   fast = (jnp.sum(jnp.square(new - u)).astype(jnp.float32),
           jnp.sum(u * u).astype(jnp.float32))
-  ok = (jnp.isfinite(fast[0]) & jnp.isfinite(fast[1])
-        & (fast[1] >= _SQ_SUM_FLOOR))
+  # Comparisons with inf or NaN are False: both take the rescaled branch.
+  ok = ((fast[0] <= _SQ_SUM_CEIL) & (fast[1] >= _SQ_SUM_FLOOR)
+        & (fast[1] <= _SQ_SUM_CEIL))
 
   def rescaled(_):
     # |new − u| is at most ~N·max|u| (Σ of N bounded terms): u's scale is

@@ -108,6 +108,26 @@ def test_collisions_do_not_depend_on_the_gradient_scale(make_tx, g_scale):
                              rtol=1e-5)
 
 
+@pytest.mark.parametrize('make_tx', [
+    lambda: kinetic.soft_collision(0.3),
+    lambda: kinetic.hard_collision(0.9, key=1, pairing='disjoint',
+                                   distance_scale=0.0),
+], ids=['soft', 'disjoint'])
+def test_relative_change_of_leaves_near_the_float32_limit(make_tx):
+  """Each leaf's Σ|g|² ≈ 2.2e38 is finite; two of them summed are not."""
+  w, g = _pair((5, 7), 0), _pair((5, 7), 1)
+  g = (g / np.sqrt(np.sum(g.astype(np.float64) ** 2)) * 1.5e19).astype(
+      np.float32)
+  tx = make_tx()
+  params = {'a': w, 'b': w}
+  out, state = tx.update({'a': g, 'b': g}, tx.init(params), params)
+  change = sum(np.sum((np.asarray(out[k], np.float64) - g) ** 2)
+               for k in ('a', 'b'))
+  expected = np.sqrt(change / (2 * np.sum(g.astype(np.float64) ** 2)))
+  assert expected > 0.1
+  np.testing.assert_allclose(state.relative_change, expected, rtol=1e-5)
+
+
 @pytest.mark.parametrize('w_scale', [1e-25, 1e25])
 def test_soft_collision_does_not_depend_on_the_weight_scale(w_scale):
   w, g = _pair((5, 7), 2), _pair((5, 7), 3)
