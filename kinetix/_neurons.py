@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kinetix import _utils
+from kinetix import _rng, _utils
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -346,7 +346,7 @@ def row_normalize(x: jax.Array) -> jax.Array:
 
 def unit_directions(keys: jax.Array, dim: int, dtype: Any) -> jax.Array:
   """One uniform direction on ``S^{dim-1}`` per key: ``z/|z|``, z Gaussian."""
-  z = jax.vmap(lambda k: jax.random.normal(k, (dim,), dtype))(keys)
+  z = jax.vmap(lambda k: _rng.normal(k, (dim,), dtype))(keys)
   return z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True),
                          jnp.finfo(dtype).tiny)
 
@@ -357,8 +357,7 @@ def pair_keys(key: jax.Array, i: jax.Array, j: jax.Array) -> jax.Array:
   ``fold_in(fold_in(key, i), j)``: the direction ``n_ij`` depends on the pair
   alone, never on how the pairs are blocked, listed or sharded.
   """
-  return jax.vmap(lambda a, b: jax.random.fold_in(jax.random.fold_in(key, a),
-                                                  b))(i, j)
+  return jax.vmap(lambda a, b: _rng.fold_in(_rng.fold_in(key, a), b))(i, j)
 
 
 # --------------------------------------------------------------------------

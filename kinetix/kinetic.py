@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from kinetix import _neurons
+from kinetix import _rng
 from kinetix import _utils
 
 PAIRINGS = ('all', 'disjoint')
@@ -378,7 +379,7 @@ def soft_collision(
             w, g, jnp.asarray(coef_raw, cdt), min_similarity, lay,
             include_self=include_self, block_size=block)
         if not noise_off:
-          new = new + jnp.asarray(noise_scale, cdt) * jax.random.normal(
+          new = new + jnp.asarray(noise_scale, cdt) * _rng.normal(
               leaf_key, u.shape, cdt)
         return (new.astype(u.dtype), abs_cos.astype(jnp.float32),
                 *_scaled_sq_sums(new, g))
@@ -403,19 +404,29 @@ def soft_collision(
 # Hard collision, all pairs (Eqs. 5-8)
 
 
-def _pair_delta(g, key, i, j, valid):
-  """Collision changes of pairs ``(i, j)``, ``i < j``, scattered onto rows.
+def _pair_terms(g, key, i, j, valid):
+  """Collision changes of pairs ``(i, j)``, ``i < j``, one row per pair.
 
-  For each valid pair, ``g_i += (g_j − g_i)/2 + ½|g_i − g_j| n_ij`` and
-  ``g_j`` gets exactly the negative, so Σ_i Δg_i = 0 pair by pair. Invalid
-  (padding) pairs contribute zero, with finite gradients.
+  For each valid pair, ``g_i`` gains ``t = (g_j − g_i)/2 + ½|g_i − g_j| n_ij``
+  and ``g_j`` exactly ``−t``. Invalid (padding) pairs give zero, with finite
+  gradients.
   """
   diff = g[j] - g[i]
   speed = _neurons.safe_norm(diff, -1, keepdims=True)
   n = _neurons.unit_directions(_neurons.pair_keys(key, i, j), g.shape[1],
                                g.dtype)
-  term = jnp.where(valid[:, None], 0.5 * diff + 0.5 * speed * n, 0.0)
-  return jnp.zeros_like(g).at[i].add(term).at[j].add(-term)
+  return jnp.where(valid[:, None], 0.5 * diff + 0.5 * speed * n, 0.0)
+
+
+def _scatter_pairs(acc, key, g, i, j, valid):
+  """``acc = (gains, losses)`` plus the pairs' terms at ``i`` and at ``j``.
+
+  The gains and the losses are summed apart and subtracted once at the
+  end: both scatters read the same materialised terms (a negated copy per
+  chunk cost as much as a scatter on CPU).
+  """
+  term = _pair_terms(g, key, i, j, valid)
+  return acc[0].at[i].add(term), acc[1].at[j].add(term)
 
 
 def _acceptance(w, g, coef, distance_scale):
@@ -491,22 +502,24 @@ def _hard_all_layer(w, g, key, coef, distance_scale, *, capacity: int):
   m = row_end[-1]
   n_chunks = -(-(n * (n - 1) // 2) // capacity)
 
-  def collide(chunk, delta):
+  def collide(chunk, acc):
     i, j, valid = _accepted_chunk(row_end, row_rank, chunk, capacity, n)
-    return delta + _pair_delta(g, key, i, j, valid)
+    return _scatter_pairs(acc, key, g, i, j, valid)
 
+  zeros = (jnp.zeros_like(g), jnp.zeros_like(g))
   if n_chunks == 1:
     # Every pair fits in one chunk: list them directly (compiles faster).
     i, j = jnp.nonzero(upper, size=capacity, fill_value=0)
     valid = jnp.arange(capacity) < m
-    delta = _pair_delta(g, key, i.astype(jnp.int32), j.astype(jnp.int32),
-                        valid)
+    gains, losses = _scatter_pairs(zeros, key, g, i.astype(jnp.int32),
+                                   j.astype(jnp.int32), valid)
   else:
-    delta = jax.lax.fori_loop(
+    gains, losses = jax.lax.fori_loop(
         0, n_chunks,
-        lambda c, d: jax.lax.cond(c * capacity < m, collide,
-                                  lambda _, d_: d_, c, d),
-        jnp.zeros_like(g))
+        lambda c, acc: jax.lax.cond(c * capacity < m, collide,
+                                    lambda _, a: a, c, acc),
+        zeros)
+  delta = gains - losses
   return delta, m, abs_cos
 
 
@@ -522,6 +535,21 @@ def _matching(key, n: int):
   """
   perm_key, dir_key = jax.random.split(key)
   return jax.random.permutation(perm_key, n), dir_key
+
+
+def _pair_directions(key, accept, shape, dtype):
+  """The matched pairs' Gaussian directions, drawn only if one pair collides.
+
+  The draw sits in a ``lax.cond``: when no pair is accepted nothing is drawn
+  (the directions would all be multiplied by 0), and otherwise XLA computes
+  the numbers once, in one fusion, into the branch's output buffer, which
+  the column norms and the update both read (fused into two consumers, the
+  hash and the ``erf_inv`` of :func:`kinetix._rng.normal` were computed up
+  to three times on CPU).
+  """
+  return jax.lax.cond(jnp.any(accept),
+                      lambda k: _rng.normal(k, shape, dtype),
+                      lambda k: jnp.zeros(shape, dtype), key)
 
 
 def _disjoint_rows(w, g, key, coef, distance_scale):
@@ -545,7 +573,7 @@ def _disjoint_rows(w, g, key, coef, distance_scale):
   wa_s, wb_s = wa / w_scale, wb / w_scale
   dist = _neurons.safe_norm(wb_s - wa_s, 1) * w_scale
   accept = _disjoint_accept(speed, dist, coef, distance_scale)
-  z = jax.random.normal(dir_key, (half, d), g.dtype)
+  z = _pair_directions(dir_key, accept, (half, d), g.dtype)
   n_dir = z / jnp.maximum(_neurons.safe_norm(z, 1, keepdims=True),
                           jnp.finfo(g.dtype).tiny)
   # g_a* = g_cm + ½ g_r n, g_b* = g_cm − ½ g_r n: Δ_b = −Δ_a exactly.
@@ -593,7 +621,7 @@ def _disjoint_columns(w, g, key, coef, distance_scale):
   w_s, wp_s = w / w_scale, w_partner / w_scale
   dist = _neurons.safe_norm(wp_s - w_s, 0) * w_scale
   accept = _disjoint_accept(speed, dist, coef, distance_scale) & ~odd
-  z = jax.random.normal(dir_key, (d, half), g.dtype)
+  z = _pair_directions(dir_key, accept, (d, half), g.dtype)
   inv = 1.0 / jnp.maximum(_neurons.safe_norm(z, 0), jnp.finfo(g.dtype).tiny)
   along = jnp.where(accept, 0.5 * speed * inv[pair], 0.0)
   along = jnp.where(first, along, -along)
