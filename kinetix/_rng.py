@@ -33,8 +33,8 @@ _FLOATS = (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)
 
 def _inline(key: jax.Array, size: int, dtype: Any = jnp.float32) -> bool:
   """Whether the hash can be written out for this key, size and dtype."""
-  if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-    return False
+  if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) or key.ndim:
+    return False                 # jax.random raises for batches of keys
   # The current value, context managers (jax.threefry_partitionable) included.
   partitionable = jax.config.jax_threefry_partitionable  # pyrefly: ignore[missing-attribute]
   return (str(jax.random.key_impl(key)) == 'threefry2x32'

@@ -113,6 +113,16 @@ def test_other_generators_and_settings_fall_back_to_jax_random():
                      _rng.uniform(key, (4,), jnp.float8_e4m3fn))
 
 
+def test_a_batch_of_keys_is_refused_like_jax_random():
+  keys = jax.random.split(jax.random.key(0), 2)
+  with pytest.raises(ValueError, match='single key'):
+    jax.random.normal(keys, (3,))
+  with pytest.raises(ValueError, match='single key'):
+    _rng.normal(keys, (3,))
+  with pytest.raises(ValueError, match='single key'):
+    _rng.fold_in(keys, 1)
+
+
 def test_gradients_of_a_draw_are_zero_not_nan():
   # A direction is a constant of the update: differentiating through the
   # collision must see no NaN from the bit manipulations.
