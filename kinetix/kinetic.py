@@ -468,15 +468,15 @@ def _first_at_least(lookup, size: int, targets):
   return lo
 
 
-def _accepted_chunk(row_end, row_rank, chunk, capacity: int, n: int):
-  """Accepted pairs ``(i, j)`` of ranks ``chunk·capacity + 1 ...``.
+def _accepted_chunk(row_end, row_rank, start, capacity: int, n: int):
+  """Accepted pairs ``(i, j)`` of ranks ``start + 1 ... start + capacity``.
 
   ``row_end[i]`` counts the accepted pairs in rows ``<= i`` of the upper
   triangle and ``row_rank[i, j]`` those in row ``i`` up to column ``j``;
   two binary searches find each pair in ``O(capacity·log N)`` with int32
   counts up to ``N ≈ 65k``.
   """
-  targets = chunk * capacity + jnp.arange(1, capacity + 1, dtype=jnp.int32)
+  targets = start + jnp.arange(1, capacity + 1, dtype=jnp.int32)
   valid = targets <= row_end[-1]
   targets = jnp.where(valid, targets, 1)
   i = _first_at_least(lambda k: row_end[k], n, targets)
@@ -489,9 +489,10 @@ def _hard_all_layer(w, g, key, coef, distance_scale, *, capacity: int):
   """All-pairs hard collision of one ``(N, D)`` layer.
 
   Cost ``O(N²)`` for the acceptance plus ``O(m·D)`` for the ``m`` accepted
-  pairs: they are collided in chunks of ``capacity`` (static trip count,
+  pairs: they are collided in a first chunk of ``max(64, N/4)`` pairs (at
+  most ``capacity``), then in chunks of ``capacity`` (static trip count,
   chunks past ``m`` skipped by ``lax.cond``), so there is no cliff past the
-  capacity. Each ``n_ij`` comes from the pair's own key: chunking changes
+  capacity and a few accepted pairs cost ``O(N·D)``. Each ``n_ij`` comes from the pair's own key: chunking changes
   nothing but the rounding of the sums.
   """
   n = w.shape[0]
@@ -502,8 +503,8 @@ def _hard_all_layer(w, g, key, coef, distance_scale, *, capacity: int):
   m = row_end[-1]
   n_chunks = -(-(n * (n - 1) // 2) // capacity)
 
-  def collide(chunk, acc):
-    i, j, valid = _accepted_chunk(row_end, row_rank, chunk, capacity, n)
+  def collide(start, size, acc):
+    i, j, valid = _accepted_chunk(row_end, row_rank, start, size, n)
     return _scatter_pairs(acc, key, g, i, j, valid)
 
   zeros = (jnp.zeros_like(g), jnp.zeros_like(g))
@@ -514,11 +515,19 @@ def _hard_all_layer(w, g, key, coef, distance_scale, *, capacity: int):
     gains, losses = _scatter_pairs(zeros, key, g, i.astype(jnp.int32),
                                    j.astype(jnp.int32), valid)
   else:
+    # A small first chunk, then chunks of the capacity, each skipped past
+    # the m-th pair: a few accepted pairs cost O(N·D), not O(capacity·D).
+    first = min(capacity, max(64, n // 4))
+    rest = -(-(n * (n - 1) // 2 - first) // capacity)
+    acc = jax.lax.cond(m > 0, lambda a: collide(0, first, a),
+                       lambda a: a, zeros)
     gains, losses = jax.lax.fori_loop(
-        0, n_chunks,
-        lambda c, acc: jax.lax.cond(c * capacity < m, collide,
-                                    lambda _, a: a, c, acc),
-        zeros)
+        0, rest,
+        lambda c, acc: jax.lax.cond(
+            first + c * capacity < m,
+            lambda a: collide(first + c * capacity, capacity, a),
+            lambda a: a, acc),
+        acc)
   delta = gains - losses
   return delta, m, abs_cos
 

@@ -427,6 +427,23 @@ def test_hard_result_independent_of_chunking():
     np.testing.assert_allclose(r, results[0], rtol=1e-5, atol=1e-5)
 
 
+def test_hard_first_chunk_then_full_chunks_equal_one_chunk():
+  # 40 neurons, every one of the 780 pairs accepted: the default capacity
+  # (160) collides a first chunk of 64 pairs, then chunks of 160; one chunk
+  # of 1000 and chunks of 7 must give the same update.
+  w, g = _rand((6, 40), 35, 0.05), _rand((6, 40), 36)
+  results = []
+  for max_pairs in [None, 1000, 7]:
+    u, s = _apply(kinetic.hard_collision(1.0, key=4, distance_scale=0.0,
+                                         max_pairs=max_pairs),
+                  {'k': g}, {'k': w})
+    assert int(s.accepted_pairs) == 780
+    results.append(u['k'])
+  for r in results[1:]:
+    np.testing.assert_allclose(r, results[0], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(results[0].sum(axis=1), g.sum(axis=1), atol=1e-4)
+
+
 def test_hard_stacked_layers_collide_within_their_layer():
   w, g = _rand((2, 6, 5), 33, 0.1), _rand((2, 6, 5), 34)
   u, s = _apply(kinetic.hard_collision(0.8, distance_scale=0.05, layer_axes=0),
