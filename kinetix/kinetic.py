@@ -492,8 +492,9 @@ def _hard_all_layer(w, g, key, coef, distance_scale, *, capacity: int):
   pairs: they are collided in a first chunk of ``max(64, N/4)`` pairs (at
   most ``capacity``), then in chunks of ``capacity`` (static trip count,
   chunks past ``m`` skipped by ``lax.cond``), so there is no cliff past the
-  capacity and a few accepted pairs cost ``O(N·D)``. Each ``n_ij`` comes from the pair's own key: chunking changes
-  nothing but the rounding of the sums.
+  capacity and a few accepted pairs cost ``O(N·D)``. Each ``n_ij`` comes
+  from the pair's own key: chunking changes nothing but the rounding of the
+  sums.
   """
   n = w.shape[0]
   accept, abs_cos = _acceptance(w, g, coef, distance_scale)
