@@ -129,6 +129,17 @@ def normal(key: jax.Array, shape: Sequence[int], dtype: Any = None, *,
   return jnp.multiply(np.array(np.sqrt(2), dtype), jax.lax.erf_inv(u))
 
 
+def split(key: jax.Array, num: int = 2) -> jax.Array:
+  """``jax.random.split(key, num)``, bit for bit (``num`` new keys)."""
+  if not _inline(key, num):
+    return jax.random.split(key, num)
+  k = jax.random.key_data(key)
+  lo = jnp.arange(num, dtype=_U32)
+  x0, x1 = hash2x32(k[0], k[1], jnp.zeros_like(lo), lo)
+  return jax.random.wrap_key_data(jnp.stack([x0, x1], axis=-1),
+                                  impl='threefry2x32')
+
+
 def fold_in(key: jax.Array, data: Any) -> jax.Array:
   """``jax.random.fold_in(key, data)`` for a uint32-range ``data``."""
   if not _inline(key, 1):

@@ -540,7 +540,7 @@ def bbi(
     progress_due = jnp.zeros([], bool) if t1 is None else counter == t1
     active = jnp.logical_not(v <= c(eps2))  # a NaN loss is not skipped
     branch = jnp.where(active, jnp.where(fixed_due | progress_due, 2, 1), 0)
-    new_key, step_key = jax.random.split(state.key)
+    new_key, step_key = _rng.split(state.key)
 
     def zeros():
       return [jnp.zeros_like(x) for x in grads]
@@ -770,7 +770,7 @@ def ecdsep(
     first = state.iteration == 0
     p, p2, exp_energy = jax.lax.cond(
         first, initialise, lambda: (mom, state.p2, state.exp_energy))
-    new_key, step_key = jax.random.split(state.key)
+    new_key, step_key = _rng.split(state.key)
 
     def skip():
       return [jnp.zeros_like(x) for x in grads], p, p2, state.iteration

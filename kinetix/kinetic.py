@@ -365,7 +365,7 @@ def soft_collision(
     flat_u, flat_p, treedef, selected = _selected_leaves(
         name, updates, params, mask, n_ax, l_axes)
     coef_raw = _utils.resolve(coll_coef, state.count)
-    new_key, step_key = jax.random.split(state.key)
+    new_key, step_key = _rng.split(state.key)
     out = [u for _, u in flat_u]
     cos_sum, cos_n, sums = _f32(0.0), 0, []
     for leaf in selected:
@@ -543,7 +543,7 @@ def _matching(key, n: int):
   Neurons ``perm[2k]`` and ``perm[2k + 1]`` form pair ``k``; for odd ``n``
   the last one, ``perm[n − 1]``, sits out.
   """
-  perm_key, dir_key = jax.random.split(key)
+  perm_key, dir_key = _rng.split(key)
   return jax.random.permutation(perm_key, n), dir_key
 
 
@@ -813,7 +813,7 @@ def hard_collision(
     flat_u, flat_p, treedef, selected = _selected_leaves(
         name, updates, params, mask, n_ax, l_axes)
     coef_raw = _utils.resolve(coll_coef, state.count)
-    new_key, step_key = jax.random.split(state.key)
+    new_key, step_key = _rng.split(state.key)
     out = [u for _, u in flat_u]
     accepted, tested = jnp.zeros([], jnp.int32), 0
     cos_sum, cos_n, sums = _f32(0.0), 0, []

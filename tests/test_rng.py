@@ -51,7 +51,8 @@ def test_threefry_keys_take_the_fused_path():
   assert _draws_with_jax_random(lambda k: jax.random.normal(k, (4, 4)), key)
   for fn in (lambda k: _rng.normal(k, (4, 4)),
              lambda k: _rng.uniform(k, (4, 4), jnp.bfloat16),
-             lambda k: jax.random.key_data(_rng.fold_in(k, 3))):
+             lambda k: jax.random.key_data(_rng.fold_in(k, 3)),
+             lambda k: jax.random.key_data(_rng.split(k, 3))):
     jaxpr = str(jax.make_jaxpr(fn)(key))
     assert 'random_bits' not in jaxpr and 'threefry2x32' not in jaxpr
   rbg = jax.random.key(0, impl='rbg')
@@ -92,6 +93,13 @@ def test_batched_keys_fold_in_and_legacy_keys():
   got = jax.jit(jax.vmap(lambda a: jax.random.key_data(
       _rng.fold_in(_rng.fold_in(key, a), 2 * a + 1))))(i)
   assert _bits_equal(ref, got)
+  for num in (1, 2, 3, 7):
+    assert _bits_equal(jax.random.key_data(jax.random.split(key, num)),
+                       jax.random.key_data(jax.jit(_rng.split, static_argnums=1)(
+                           key, num)))
+  assert _bits_equal(
+      jax.vmap(lambda k: jax.random.key_data(jax.random.split(k)))(keys),
+      jax.vmap(lambda k: jax.random.key_data(_rng.split(k)))(keys))
   legacy = jax.random.PRNGKey(5)           # raw uint32[2]: jax.random itself
   assert _bits_equal(jax.random.normal(legacy, (6,)),
                      _rng.normal(legacy, (6,)))
@@ -104,6 +112,8 @@ def test_other_generators_and_settings_fall_back_to_jax_random():
                        _rng.normal(key, (5, 3)))
     assert _bits_equal(jax.random.key_data(jax.random.fold_in(key, 7)),
                        jax.random.key_data(_rng.fold_in(key, 7)))
+    assert _bits_equal(jax.random.key_data(jax.random.split(key, 3)),
+                       jax.random.key_data(_rng.split(key, 3)))
   key = jax.random.key(0)
   with jax.threefry_partitionable(False):
     assert _bits_equal(jax.random.normal(key, (5, 3)),
@@ -121,6 +131,8 @@ def test_a_batch_of_keys_is_refused_like_jax_random():
     _rng.normal(keys, (3,))
   with pytest.raises(ValueError, match='single key'):
     _rng.fold_in(keys, 1)
+  with pytest.raises(ValueError, match='single key'):
+    _rng.split(keys)
 
 
 def test_gradients_of_a_draw_are_zero_not_nan():
