@@ -140,6 +140,23 @@ def split(key: jax.Array, num: int = 2) -> jax.Array:
                                   impl='threefry2x32')
 
 
+def permutation(key: jax.Array, n: int) -> jax.Array:
+  """``jax.random.permutation(key, n)``, bit for bit.
+
+  The same rounds of sorting by random 32-bit keys as JAX's ``_shuffle``
+  (enough rounds that ties are unlikely to matter), each round's key split
+  off the previous one.
+  """
+  if not _inline(key, n):
+    return jax.random.permutation(key, n)
+  x = jnp.arange(n)
+  rounds = int(np.ceil(3 * np.log(max(1, n)) / np.log(np.iinfo(np.uint32).max)))
+  for _ in range(rounds):
+    key, subkey = split(key)
+    _, x = jax.lax.sort_key_val(_bits(subkey, (n,), 32, None), x, 0)
+  return x
+
+
 def fold_in(key: jax.Array, data: Any) -> jax.Array:
   """``jax.random.fold_in(key, data)`` for a uint32-range ``data``."""
   if not _inline(key, 1):

@@ -544,7 +544,7 @@ def _matching(key, n: int):
   the last one, ``perm[n − 1]``, sits out.
   """
   perm_key, dir_key = _rng.split(key)
-  return jax.random.permutation(perm_key, n), dir_key
+  return _rng.permutation(perm_key, n), dir_key
 
 
 def _pair_directions(key, accept, shape, dtype):

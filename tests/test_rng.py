@@ -52,7 +52,8 @@ def test_threefry_keys_take_the_fused_path():
   for fn in (lambda k: _rng.normal(k, (4, 4)),
              lambda k: _rng.uniform(k, (4, 4), jnp.bfloat16),
              lambda k: jax.random.key_data(_rng.fold_in(k, 3)),
-             lambda k: jax.random.key_data(_rng.split(k, 3))):
+             lambda k: jax.random.key_data(_rng.split(k, 3)),
+             lambda k: _rng.permutation(k, 2000)):
     jaxpr = str(jax.make_jaxpr(fn)(key))
     assert 'random_bits' not in jaxpr and 'threefry2x32' not in jaxpr
   rbg = jax.random.key(0, impl='rbg')
@@ -100,6 +101,9 @@ def test_batched_keys_fold_in_and_legacy_keys():
   assert _bits_equal(
       jax.vmap(lambda k: jax.random.key_data(jax.random.split(k)))(keys),
       jax.vmap(lambda k: jax.random.key_data(_rng.split(k)))(keys))
+  for n in (1, 2, 9, 1000, 2000):            # 2000: two rounds of sorting
+    assert _bits_equal(jax.random.permutation(key, n),
+                       jax.jit(_rng.permutation, static_argnums=1)(key, n))
   legacy = jax.random.PRNGKey(5)           # raw uint32[2]: jax.random itself
   assert _bits_equal(jax.random.normal(legacy, (6,)),
                      _rng.normal(legacy, (6,)))
