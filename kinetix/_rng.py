@@ -102,7 +102,6 @@ def uniform(key: jax.Array, shape: Sequence[int], dtype: Any = None,
   if not _inline(key, math.prod(shape), dtype):
     return jax.random.uniform(key, shape, dtype, minval, maxval,
                               out_sharding=out_sharding)
-  dtype = jnp.dtype(dtype)
   finfo = jnp.finfo(dtype)
   nbits, nmant = finfo.bits, finfo.nmant
   rng_bits = 8 if nmant < 8 else nbits
@@ -123,7 +122,6 @@ def normal(key: jax.Array, shape: Sequence[int], dtype: Any = None, *,
   dtype = _default_float(dtype)
   if not _inline(key, math.prod(shape), dtype):
     return jax.random.normal(key, shape, dtype, out_sharding=out_sharding)
-  dtype = jnp.dtype(dtype)
   lo = np.nextafter(np.array(-1.0, dtype), np.array(0.0, dtype), dtype=dtype)
   u = uniform(key, shape, dtype, lo, 1.0, out_sharding=out_sharding)
   return jnp.multiply(np.array(np.sqrt(2), dtype), jax.lax.erf_inv(u))
@@ -158,11 +156,11 @@ def permutation(key: jax.Array, n: int) -> jax.Array:
 
 
 def fold_in(key: jax.Array, data: Any) -> jax.Array:
-  """``jax.random.fold_in(key, data)`` for a uint32-range ``data``."""
+  """``jax.random.fold_in(key, data)``, bit for bit (``data`` as uint32)."""
   if not _inline(key, 1):
     return jax.random.fold_in(key, data)
   k = jax.random.key_data(key)
   x0, x1 = hash2x32(k[0], k[1], jnp.zeros([], _U32),
-                    jnp.asarray(data).astype(_U32))
+                    jnp.asarray(data, dtype=_U32))
   return jax.random.wrap_key_data(jnp.stack([x0, x1]), impl='threefry2x32')
 

@@ -310,7 +310,7 @@ def _bbi_bounce(pi: list[jax.Array], key: jax.Array, seeds: list[int],
 
   Leaf ``i`` draws ``uniform(fold_in(key, seeds[i]), [-1/2, 1/2))``.
   """
-  u = [_rng.uniform(jax.random.fold_in(key, seed), p.shape, p.dtype,
+  u = [_rng.uniform(_rng.fold_in(key, seed), p.shape, p.dtype,
                     -0.5, 0.5, out_sharding=_utils.sharding_like(p))
        for p, seed in zip(pi, seeds, strict=True)]
   scale = _utils.safe_sqrt(_safe_div(_sq_norm(pi, sdt), _sq_norm(u, sdt)))
@@ -364,7 +364,7 @@ def _ecdsep_rotate(p: list[jax.Array], p2: jax.Array, nu: jax.Array,
   norm = _utils.safe_sqrt(p2)
   safe_norm = jnp.where(norm > 0, norm, jnp.ones_like(norm))
   d = [x / safe_norm.astype(x.dtype) + nu.astype(x.dtype)
-       * _rng.normal(jax.random.fold_in(key, seed), x.shape, x.dtype,
+       * _rng.normal(_rng.fold_in(key, seed), x.shape, x.dtype,
                      out_sharding=_utils.sharding_like(x))
        for x, seed in zip(p, seeds, strict=True)]
   back = _safe_div(norm, _utils.safe_sqrt(_sq_norm(d, sdt)))

@@ -370,7 +370,7 @@ def soft_collision(
     cos_sum, cos_n, sums = _f32(0.0), 0, []
     for leaf in selected:
       u, p, lay = out[leaf.index], flat_p[leaf.index], leaf.layout
-      leaf_key = jax.random.fold_in(step_key, _utils.path_seed(leaf.path))
+      leaf_key = _rng.fold_in(step_key, _utils.path_seed(leaf.path))
 
       def leaf_update(u, p, leaf_key, coef_raw, lay=lay):
         cdt = _utils.compute_dtype(u.dtype)
@@ -821,11 +821,11 @@ def hard_collision(
       u, p, lay = out[leaf.index], flat_p[leaf.index], leaf.layout
       if lay.neurons < 2:
         continue
-      leaf_key = jax.random.fold_in(step_key, _utils.path_seed(leaf.path))
+      leaf_key = _rng.fold_in(step_key, _utils.path_seed(leaf.path))
 
       def leaf_update(u, p, leaf_key, coef_raw, lay=lay):
         cdt = _utils.compute_dtype(u.dtype)
-        keys = jax.vmap(lambda i: jax.random.fold_in(leaf_key, i))(
+        keys = jax.vmap(lambda i: _rng.fold_in(leaf_key, i))(
             jnp.arange(lay.layers))
         if pairing == 'disjoint':
           # O(N·D) on a per-layer (N, D) or (D, N) matrix: a free reshape

@@ -94,6 +94,9 @@ def test_batched_keys_fold_in_and_legacy_keys():
   got = jax.jit(jax.vmap(lambda a: jax.random.key_data(
       _rng.fold_in(_rng.fold_in(key, a), 2 * a + 1))))(i)
   assert _bits_equal(ref, got)
+  for data in (0, 2 ** 31 + 5, 2 ** 32 - 1):     # the whole uint32 range
+    assert _bits_equal(jax.random.key_data(jax.random.fold_in(key, data)),
+                       jax.random.key_data(_rng.fold_in(key, data)))
   for num in (1, 2, 3, 7):
     assert _bits_equal(jax.random.key_data(jax.random.split(key, num)),
                        jax.random.key_data(jax.jit(_rng.split, static_argnums=1)(
