@@ -31,8 +31,8 @@ _UINT = {8: jnp.uint8, 16: jnp.uint16, 32: jnp.uint32, 64: jnp.uint64}
 _FLOATS = (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)
 
 
-def _inline(key: jax.Array, size: int, dtype: Any = jnp.float32) -> bool:
-  """Whether the hash can be written out for this key, size and dtype."""
+def _inline(key: jax.Array, size: int, dtype: Any = None) -> bool:
+  """Whether the hash can be written out for this key, size (and dtype)."""
   if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) or key.ndim:
     return False                 # jax.random raises for batches of keys
   # The current value, context managers (jax.threefry_partitionable) included.
@@ -40,7 +40,8 @@ def _inline(key: jax.Array, size: int, dtype: Any = jnp.float32) -> bool:
   return (str(jax.random.key_impl(key)) == 'threefry2x32'
           and bool(partitionable)
           and size < 2 ** 32
-          and any(jnp.dtype(dtype) == jnp.dtype(t) for t in _FLOATS))
+          and (dtype is None
+               or any(jnp.dtype(dtype) == jnp.dtype(t) for t in _FLOATS)))
 
 
 def _default_float(dtype: Any) -> Any:
