@@ -138,17 +138,22 @@ def _sum_abs_offdiag(cos: jax.Array) -> jax.Array:
 
 def _soft_leaf(w, g, coef, min_similarity, lay: _neurons.Layout, *,
                include_self: bool, block_size: int | None):
-  """Alg. 2 on one leaf in its own layout: ``(new g, Σ|cos_w| off-diagonal)``.
+  """Alg. 2 on one leaf in its own layout.
 
-  The Gram matrices contract the feature axes in place and ``S·g`` contracts
-  the neuron axis in place (``jax.lax.dot_general`` with the layer axes as
-  batch dimensions), so the leaf is never transposed: the cost is the three
-  ``N×N×D`` products plus O(N·D) elementwise work.
+  Returns ``(new g, Σ|cos_w| off-diagonal, s, q)`` with ``s`` the powers of
+  two that scale ``g``'s neurons (:func:`kinetix._neurons.scaled_rows`) and
+  ``q`` the squared norms of the scaled neurons, for :func:`_soft_sq_sums`.
+
+  The Gram matrices of the scaled neurons contract the feature axes in place
+  and ``S·g`` contracts the neuron axis in place (``jax.lax.dot_general``
+  with the layer axes as batch dimensions), so the leaf is never
+  transposed; the cosines divide each Gram matrix by the norms on its
+  diagonal. The cost is the three ``N×N×D`` products plus three O(N·D)
+  passes (the max-abs, the scaling, the difference).
   """
   n = lay.neurons
-  nl = len(lay.layer_axes)
-  wn = _neurons.unit_rows(w, lay)
-  gn = _neurons.unit_rows(g, lay)
+  yw, _ = _neurons.scaled_rows(w, lay)
+  yg, sg = _neurons.scaled_rows(g, lay)
 
   def coefficients(cw, cg, rows, cols):
     s = cw * cg
@@ -160,9 +165,13 @@ def _soft_leaf(w, g, coef, min_similarity, lay: _neurons.Layout, *,
 
   cols = jnp.arange(n, dtype=jnp.int32)
   if block_size is None or block_size >= n:
-    cw = _neurons.gram(wn, wn, lay)
-    cg = _neurons.gram(gn, gn, lay)
-    s = coefficients(cw, cg, cols, cols)
+    gram_w = _neurons.gram(yw, yw, lay)
+    gram_g = _neurons.gram(yg, yg, lay)
+    qw = jnp.diagonal(gram_w, axis1=-2, axis2=-1)
+    qg = jnp.diagonal(gram_g, axis1=-2, axis2=-1)
+    iw, ig = _neurons.inverse_norms(qw), _neurons.inverse_norms(qg)
+    cw = _neurons.cosines(gram_w, iw, iw)
+    s = coefficients(cw, _neurons.cosines(gram_g, ig, ig), cols, cols)
     off = cols[:, None] != cols[None, :]
     abs_cos = jnp.sum(jnp.where(off, jnp.abs(cw), 0.0))
     rep = _neurons.mix(s, g, lay)
@@ -171,6 +180,12 @@ def _soft_leaf(w, g, coef, min_similarity, lay: _neurons.Layout, *,
     # The last block is shifted back to end at N (no padding); rows it
     # shares with the previous block are recomputed identically and left
     # out of the statistics.
+    def squares(y):
+      return _neurons.row_values(
+          jnp.sum(y * y, axis=lay.feature_axes, keepdims=True), lay)
+
+    qw, qg = squares(yw), squares(yg)
+    iw, ig = _neurons.inverse_norms(qw), _neurons.inverse_norms(qg)
     order, _ = _neurons.mix_order(lay, g.ndim)
     out_axis = order.index(lay.neuron_axis)
     nb = -(-n // block_size)
@@ -181,11 +196,15 @@ def _soft_leaf(w, g, coef, min_similarity, lay: _neurons.Layout, *,
       nominal = k * block_size
       start = jnp.minimum(nominal, n - block_size)
       rows = start + jnp.arange(block_size, dtype=jnp.int32)
-      wb = jax.lax.dynamic_slice_in_dim(wn, start, block_size, lay.neuron_axis)
-      gb = jax.lax.dynamic_slice_in_dim(gn, start, block_size, lay.neuron_axis)
-      cw = _neurons.gram(wb, wn, lay)
-      cg = _neurons.gram(gb, gn, lay)
-      s = coefficients(cw, cg, rows, cols)
+
+      def block(y, inv):
+        yb = jax.lax.dynamic_slice_in_dim(y, start, block_size,
+                                          lay.neuron_axis)
+        ib = jax.lax.dynamic_slice_in_dim(inv, start, block_size, -1)
+        return _neurons.cosines(_neurons.gram(yb, y, lay), ib, inv)
+
+      cw = block(yw, iw)
+      s = coefficients(cw, block(yg, ig), rows, cols)
       keep = (rows >= nominal)[:, None] & (rows[:, None] != cols[None, :])
       abs_cos = abs_cos + jnp.sum(jnp.where(keep, jnp.abs(cw), 0.0))
       rep = jax.lax.dynamic_update_slice_in_dim(
@@ -194,8 +213,23 @@ def _soft_leaf(w, g, coef, min_similarity, lay: _neurons.Layout, *,
 
     rep, abs_cos = jax.lax.fori_loop(
         0, nb, body, (jnp.zeros(rep_shape, g.dtype), jnp.zeros([], g.dtype)))
-  del nl
-  return g - coef * _neurons.to_leaf_order(rep, lay), abs_cos
+  return g - coef * _neurons.to_leaf_order(rep, lay), abs_cos, sg, qg
+
+
+def _soft_sq_sums(new, g, s, q, lay: _neurons.Layout):
+  """:func:`_scaled_sq_sums` from the scales ``s`` of ``g``'s neurons.
+
+  ``top``, the largest of ``s``, is the power of two below ``max|g|``:
+  ``|g|²/top² = Σ_i (s_i/top)² q_i`` needs no pass over the leaf, and
+  ``|new − g|²/top²`` one (without noise ``|new − g| ≤ c·N·max|g|``, so
+  it cannot overflow), with no ``lax.cond``.
+  """
+  top = jnp.max(s)
+  _, e = jnp.frexp(top)
+  rel = _neurons.row_values(s, lay) / top
+  d = (new - g) / top
+  return (e.astype(jnp.int32) - 1, jnp.sum(d * d).astype(jnp.float32),
+          jnp.sum(rel * rel * q).astype(jnp.float32))
 
 
 # The band of Σ|u|² (and the ceiling of Σ|new − u|²) summed as it is:
@@ -375,14 +409,14 @@ def soft_collision(
       def leaf_update(u, p, leaf_key, coef_raw, lay=lay):
         cdt = _utils.compute_dtype(u.dtype)
         g, w = u.astype(cdt), p.astype(cdt)
-        new, abs_cos = _soft_leaf(
+        new, abs_cos, s, q = _soft_leaf(
             w, g, jnp.asarray(coef_raw, cdt), min_similarity, lay,
             include_self=include_self, block_size=block)
         if not noise_off:
           new = new + jnp.asarray(noise_scale, cdt) * _rng.normal(
               leaf_key, u.shape, cdt)
         return (new.astype(u.dtype), abs_cos.astype(jnp.float32),
-                *_scaled_sq_sums(new, g))
+                *_soft_sq_sums(new, g, s, q, lay))
 
       new, cos_leaf, *leaf_sums = _utils.call_with_auto_axes(
           leaf_update, (u, None, None, None, None), u, p, leaf_key, coef_raw)

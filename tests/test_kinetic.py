@@ -178,6 +178,28 @@ def test_soft_state_reports_similarity_and_strength():
   assert int(state.count) == 1
 
 
+@pytest.mark.parametrize('kwargs', [
+    dict(layer_axes=(0, 2), neuron_axis=1),
+    dict(layer_axes=(2, 0)),
+    dict(layer_axes=2, neuron_axis=0, block_size=2),
+    dict(layer_axes=2, neuron_axis=0, noise_scale=1e-2),
+], ids=['layers-0-2', 'layers-2-0', 'blocked', 'noise'])
+def test_soft_relative_change_is_exact_on_stacked_layers(kwargs):
+  """|g|² is summed from the neurons' scales: check it against NumPy.
+
+  Neurons (and layers) whose scales differ by 1e8 catch a scale paired
+  with the wrong neuron.
+  """
+  w, g = _rand((3, 5, 4, 6), 13), _rand((3, 5, 4, 6), 14)
+  g[1] *= 1e-3
+  g[:, :, 2] *= 1e5
+  tx = kinetic.soft_collision(0.3, key=3, **kwargs)
+  out, state = tx.update({'k': g}, tx.init({'k': w}), {'k': w})
+  change = np.asarray(out['k'], np.float64) - g
+  expected = np.sqrt(np.sum(change ** 2) / np.sum(np.float64(g) ** 2))
+  np.testing.assert_allclose(state.relative_change, expected, rtol=1e-5)
+
+
 def test_soft_schedule_coefficient():
   w, g = _rand((5, 4), 11), _rand((5, 4), 12)
   tx = kinetic.soft_collision(optax.linear_schedule(0.0, 1.0, 10))
