@@ -596,44 +596,60 @@ def _pair_directions(key, accept, shape, dtype):
                       lambda k: jnp.zeros(shape, dtype), key)
 
 
+def _scaled_norms(x, axis: int):
+  """``|x|`` over ``axis``, summed on the power-of-two scale of ``max|x|``.
+
+  Bitwise ``safe_norm(x)`` wherever that neither overflows nor underflows.
+  """
+  scale = _neurons.max_abs_scale(x)
+  return _neurons.safe_norm(x / scale, axis) * scale
+
+
+def _pair_cosines(na, nb, dist, w_scale):
+  """``|cos(w_a, w_b)|`` summed over pairs, from the law of cosines.
+
+  ``na``, ``nb``: the neurons' norms on the scale ``w_scale``; ``dist``:
+  ``|w_a − w_b|``. A statistic: accurate to ~1e-7 absolute without another
+  pass over the weights. Pairs with a zero neuron are left out.
+  """
+  both = (na > 0) & (nb > 0)
+  dist = dist / w_scale
+  dot = 0.5 * (na * na + nb * nb - dist * dist)
+  cos = jnp.clip(dot / jnp.where(both, na * nb, 1.0), -1.0, 1.0)
+  return jnp.sum(jnp.where(both, jnp.abs(cos), 0.0))
+
+
 def _disjoint_rows(w, g, key, coef, distance_scale):
   """Disjoint pairing of an ``(N, D)`` layer (neurons are rows).
 
-  The gathered halves are materialised once (``optimization_barrier``) so
-  that every reduction reads them, not the gather, and the new gradients
-  return to neuron order with a second gather (the inverse permutation)
-  rather than a scatter.
+  In pair space: row gathers give ``g_b − g_a`` and ``w_b − w_a``
+  (``N/2 × D`` each) and the pairs' changes ``Δ``; the new gradients return
+  to neuron order with one more row gather of ``Δ`` (``+Δ`` for ``a``,
+  ``−Δ`` for ``b``: ``Δ_b = −Δ_a`` exactly), not a scatter. No array of the
+  leaf's size is materialised besides the result.
   """
   n, d = g.shape
   half = n // 2
   perm, dir_key = _matching(key, n)
   a, b = perm[0:2 * half:2], perm[1:2 * half:2]
-  ga, gb, wa, wb = jax.lax.optimization_barrier((g[a], g[b], w[a], w[b]))
-  diff = gb - ga
-  scale = _neurons.max_abs_scale(diff)
-  speed = _neurons.safe_norm(diff / scale, 1) * scale
-  w_scale = _neurons.max_abs_scale(jnp.maximum(jnp.max(jnp.abs(wa)),
-                                               jnp.max(jnp.abs(wb))))
-  wa_s, wb_s = wa / w_scale, wb / w_scale
-  dist = _neurons.safe_norm(wb_s - wa_s, 1) * w_scale
+  diff = g[b] - g[a]
+  speed = _scaled_norms(diff, 1)
+  dist = _scaled_norms(w[b] - w[a], 1)
   accept = _disjoint_accept(speed, dist, coef, distance_scale)
   z = _pair_directions(dir_key, accept, (half, d), g.dtype)
   n_dir = z / jnp.maximum(_neurons.safe_norm(z, 1, keepdims=True),
                           jnp.finfo(g.dtype).tiny)
-  # g_a* = g_cm + ½ g_r n, g_b* = g_cm − ½ g_r n: Δ_b = −Δ_a exactly.
-  delta_a = jnp.where(accept[:, None],
-                      0.5 * diff + 0.5 * speed[:, None] * n_dir, 0.0)
-  parts, order = [ga + delta_a, gb - delta_a], [a, b]
-  if n > 2 * half:                       # an odd neuron sits out
-    parts.append(g[perm[2 * half:]])
-    order.append(perm[2 * half:])
-  position = jnp.zeros(n, jnp.int32).at[jnp.concatenate(order)].set(
+  # g_a* = g_cm + ½ g_r n, g_b* = g_cm − ½ g_r n.
+  delta = jnp.where(accept[:, None],
+                    0.5 * diff + 0.5 * speed[:, None] * n_dir, 0.0)
+  position = jnp.zeros(n, jnp.int32).at[perm].set(
       jnp.arange(n, dtype=jnp.int32))
-  new = jnp.concatenate(parts)[position]
-  na, nb_ = _neurons.safe_norm(wa_s, 1), _neurons.safe_norm(wb_s, 1)
-  both = (na > 0) & (nb_ > 0)
-  cos = jnp.sum(wa_s * wb_s, axis=1) / jnp.where(both, na * nb_, 1.0)
-  abs_cos = jnp.sum(jnp.where(both, jnp.abs(cos), 0.0))
+  change = delta[jnp.minimum(position // 2, half - 1)]
+  new = jnp.where((position % 2 == 0)[:, None], g + change, g - change)
+  new = jnp.where((position >= 2 * half)[:, None], g, new)  # sits out
+  w_scale = _neurons.max_abs_scale(w)
+  norms = _neurons.safe_norm(w / w_scale, 1)
+  abs_cos = _pair_cosines(norms[a], norms[b], dist, w_scale)
   return new, jnp.sum(accept, dtype=jnp.int32), abs_cos
 
 
@@ -641,12 +657,13 @@ def _disjoint_columns(w, g, key, coef, distance_scale):
   """Disjoint pairing of a ``(D, N)`` layer (neurons are columns), in place.
 
   A Flax ``(in, out)`` kernel is used as it is stored: each neuron reads its
-  partner's column (one gather per array, materialised before any reduction
-  reads it: XLA:CPU runs a gather fused into a column reduction many times
-  slower), every per-pair quantity is computed once per neuron (the two
-  partners get bitwise the same speed, distance and verdict), and the pair
-  directions are drawn as ``(D, N/2)`` columns. The same physics as
-  :func:`_disjoint_rows`, not the same random numbers.
+  partner's column, gathered inside the subtraction ``g_partner − g`` (and
+  ``w_partner − w``), which is materialised before the reductions read it
+  (XLA:CPU runs a gather fused into a column reduction many times slower).
+  Every per-pair quantity is computed once per neuron: the two partners get
+  bitwise the same speed, distance and verdict. The pair directions are
+  drawn as ``(D, N/2)`` columns. The same physics as :func:`_disjoint_rows`,
+  not the same random numbers.
   """
   d, n = g.shape
   half = n // 2
@@ -658,12 +675,9 @@ def _disjoint_columns(w, g, key, coef, distance_scale):
   pair = jnp.minimum(position // 2, half - 1)
   first = position % 2 == 0
   diff = jax.lax.optimization_barrier(g[:, partner] - g)
-  w_partner = jax.lax.optimization_barrier(w[:, partner])
-  scale = _neurons.max_abs_scale(diff)
-  speed = _neurons.safe_norm(diff / scale, 0) * scale
-  w_scale = _neurons.max_abs_scale(w)
-  w_s, wp_s = w / w_scale, w_partner / w_scale
-  dist = _neurons.safe_norm(wp_s - w_s, 0) * w_scale
+  dist = _scaled_norms(
+      jax.lax.optimization_barrier(w[:, partner] - w), 0)
+  speed = _scaled_norms(diff, 0)
   accept = _disjoint_accept(speed, dist, coef, distance_scale) & ~odd
   z = _pair_directions(dir_key, accept, (d, half), g.dtype)
   inv = 1.0 / jnp.maximum(_neurons.safe_norm(z, 0), jnp.finfo(g.dtype).tiny)
@@ -672,11 +686,11 @@ def _disjoint_columns(w, g, key, coef, distance_scale):
   # Partner b computes −(½(g_b − g_a)) and −along·n: Δ_b = −Δ_a exactly.
   delta = jnp.where(accept, 0.5, 0.0) * diff + along * z[:, pair]
   new = g + delta
-  na = _neurons.safe_norm(w_s, 0)
-  nb_ = na[partner]                      # the partner's own norm, bitwise
-  both = (na > 0) & (nb_ > 0) & first & ~odd
-  cos = jnp.sum(w_s * wp_s, axis=0) / jnp.where(both, na * nb_, 1.0)
-  abs_cos = jnp.sum(jnp.where(both, jnp.abs(cos), 0.0))
+  w_scale = _neurons.max_abs_scale(w)
+  norms = _neurons.safe_norm(w / w_scale, 0)
+  counted = first & ~odd                 # each pair once
+  abs_cos = _pair_cosines(jnp.where(counted, norms, 0.0), norms[partner],
+                          dist, w_scale)
   return new, jnp.sum(accept & first, dtype=jnp.int32), abs_cos
 
 

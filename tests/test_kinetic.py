@@ -282,6 +282,9 @@ def disjoint_reference(w, g, c, kappa, key, columns):
   pairs = [(perm[2 * k], perm[2 * k + 1]) for k in range(half)]
   speed = np.array([np.linalg.norm(g[b] - g[a]) for a, b in pairs])
   dist = np.array([np.linalg.norm(w[b] - w[a]) for a, b in pairs])
+  norms = np.linalg.norm(w, axis=1)
+  cosines = [abs(w[a] @ w[b]) / (norms[a] * norms[b]) for a, b in pairs
+             if norms[a] > 0 and norms[b] > 0]
   out, accepted = g.copy(), 0
   for k, (a, b) in enumerate(pairs):
     if speed.max() == 0 or speed[k] * np.exp(-kappa * dist[k]) / speed.max(
@@ -291,7 +294,7 @@ def disjoint_reference(w, g, c, kappa, key, columns):
     delta = 0.5 * (g[b] - g[a]) + 0.5 * speed[k] * z[k] / np.linalg.norm(z[k])
     out[a] += delta
     out[b] -= delta
-  return out, accepted
+  return out, accepted, sum(cosines) / half
 
 
 @pytest.mark.parametrize('shape,neuron_axis,columns', [
@@ -304,14 +307,16 @@ def disjoint_reference(w, g, c, kappa, key, columns):
 def test_disjoint_matches_reference_on_every_layout(shape, neuron_axis,
                                                     columns):
   w, g = _rand(shape, 40, 0.3), _rand(shape, 41)
+  w[(slice(None),) * (neuron_axis % w.ndim) + (1,)] = 0.0   # a dead neuron
   tx = kinetic.hard_collision(0.4, key=3, pairing='disjoint',
                               neuron_axis=neuron_axis, distance_scale=0.2)
   updates, state = _apply(tx, {'k': g}, {'k': w})
-  ref, accepted = disjoint_reference(
+  ref, accepted, mean_abs_cos = disjoint_reference(
       _neurons_np(w, neuron_axis), _neurons_np(g, neuron_axis), 0.4, 0.2,
       _layer_key(3, 'k'), columns)
   assert accepted > 0       # and some pairs rejected in most cases
   assert int(state.accepted_pairs) == accepted
+  np.testing.assert_allclose(state.mean_abs_cos, mean_abs_cos, rtol=1e-5)
   np.testing.assert_allclose(
       updates['k'], _from_neurons_np(ref, shape, neuron_axis), rtol=1e-5,
       atol=1e-5)
