@@ -93,6 +93,7 @@ def _apply(tx, grads, params):
     ((7, 5), -1),          # Flax Dense kernel (in, out)
     ((5, 7), 0),           # PyTorch-style (out, in)
     ((3, 3, 2, 6), -1),    # Flax Conv kernel (kh, kw, in, out)
+    ((4, 6, 3), 1),        # neurons between two feature axes
 ])
 @pytest.mark.parametrize('include_self,min_similarity', [
     (True, None), (False, None), (True, 0.0), (False, 0.2)])
@@ -320,6 +321,36 @@ def test_disjoint_matches_reference_on_every_layout(shape, neuron_axis,
   np.testing.assert_allclose(
       updates['k'], _from_neurons_np(ref, shape, neuron_axis), rtol=1e-5,
       atol=1e-5)
+
+
+@pytest.mark.parametrize('shape,neuron_axis,columns', [
+    ((3, 6, 9), -1, True),      # nnx.vmap-stacked Dense kernels (L, in, out)
+    ((3, 9, 6), 1, False),      # stacked (L, out, in)
+])
+def test_disjoint_stacked_layers_match_the_reference_per_layer(
+    shape, neuron_axis, columns):
+  """Each layer gets its own matching and directions (its key folded in)."""
+  w, g = _rand(shape, 44, 0.3), _rand(shape, 45)
+  tx = kinetic.hard_collision(0.5, key=4, pairing='disjoint', layer_axes=0,
+                              neuron_axis=neuron_axis, distance_scale=0.2)
+  updates, state = _apply(tx, {'k': g}, {'k': w})
+  from kinetix import _utils
+  _, step_key = jax.random.split(_utils.canonicalize_key(4))
+  leaf_key = jax.random.fold_in(step_key, _utils.path_seed('k'))
+  axis = neuron_axis if neuron_axis < 0 else neuron_axis - 1   # in a layer
+  accepted, cos_sum = 0, 0.0
+  for layer in range(shape[0]):
+    ref, m, mean_abs_cos = disjoint_reference(
+        _neurons_np(w[layer], axis), _neurons_np(g[layer], axis), 0.5, 0.2,
+        jax.random.fold_in(leaf_key, layer), columns)
+    np.testing.assert_allclose(updates['k'][layer],
+                               _from_neurons_np(ref, shape[1:], axis),
+                               rtol=1e-5, atol=1e-5)
+    accepted += m
+    cos_sum += mean_abs_cos
+  assert int(state.accepted_pairs) == accepted > 0
+  np.testing.assert_allclose(state.mean_abs_cos, cos_sum / shape[0],
+                             rtol=1e-5)
 
 
 def test_disjoint_layouts_share_matching_and_verdicts():
