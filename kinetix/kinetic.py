@@ -127,11 +127,6 @@ def _f32(x) -> jax.Array:
   return jnp.asarray(x, jnp.float32)
 
 
-def _sum_abs_offdiag(cos: jax.Array) -> jax.Array:
-  """The sum of ``|cos_ij|`` over ``i != j``."""
-  return jnp.sum(jnp.abs(cos)) - jnp.sum(jnp.abs(jnp.diagonal(cos)))
-
-
 # --------------------------------------------------------------------------
 # Soft collision
 
@@ -466,21 +461,26 @@ def _scatter_pairs(acc, key, g, i, j, valid):
 def _acceptance(w, g, coef, distance_scale):
   """Eq. 7: ``g_r·exp(−κ w_r)/max(g_r) > 1 − c`` (diagonal excluded).
 
-  ``w`` and ``g`` are one layer's ``(N, D)`` rows; both are rescaled by a
-  power of two (exact) so that distances neither overflow nor underflow,
-  and ``w_r`` is scaled back for the distance kernel.
+  ``w`` and ``g`` are one layer's ``(N, D)`` rows. ``g`` comes scaled by a
+  power of two to a max-abs in ``[1, 2)`` (see :func:`_hard_all_layer`);
+  ``w`` is rescaled here (exact) so that its distances neither overflow nor
+  underflow, and ``w_r`` is scaled back for the distance kernel. Returns
+  the acceptance matrix and the sum of the off-diagonal ``|cos(w_i, w_j)|``.
   """
   n = w.shape[0]
   w_scale = _neurons.max_abs_scale(w)
-  w_r, wc, gram_w = _neurons.pairwise_distances(w / w_scale)
+  w_s = w / w_scale
+  w_r, wc, gram_w = _neurons.pairwise_distances(w_s)
   w_r = w_r * w_scale
-  g_r, _, _ = _neurons.pairwise_distances(g / _neurons.max_abs_scale(g))
+  g_r, _, _ = _neurons.pairwise_distances(g)
   g_max = jnp.max(g_r)
   ratio = jnp.where(g_max > 0, g_r / jnp.where(g_max > 0, g_max, 1.0), 0.0)
   score = ratio * jnp.exp(-distance_scale * w_r)
-  accept = (score > 1.0 - coef) & ~jnp.eye(n, dtype=bool)
-  cos = _neurons.cosines_from_centred_gram(w / w_scale, wc, gram_w)
-  return accept, _sum_abs_offdiag(cos)
+  off = ~jnp.eye(n, dtype=bool)
+  accept = (score > 1.0 - coef) & off
+  # One masked sum: the cosines are reduced where they are computed.
+  cos = _neurons.cosines_from_centred_gram(w_s, wc, gram_w)
+  return accept, jnp.sum(jnp.where(off, jnp.abs(cos), 0.0))
 
 
 def _first_at_least(lookup, size: int, targets):
@@ -521,6 +521,10 @@ def _accepted_chunk(row_end, row_rank, start, capacity: int, n: int):
 
 def _hard_all_layer(w, g, key, coef, distance_scale, *, capacity: int):
   """All-pairs hard collision of one ``(N, D)`` layer.
+
+  ``g`` must be scaled by a power of two to a max-abs in ``[1, 2)`` (or be
+  zero), as :func:`hard_collision`'s update does; the result is in that
+  scale.
 
   Cost ``O(N²)`` for the acceptance plus ``O(m·D)`` for the ``m`` accepted
   pairs: they are collided in a first chunk of ``max(64, N/4)`` pairs (at
@@ -896,12 +900,19 @@ def hard_collision(
         scale = _neurons.max_abs_scale(g, (1, 2))
         fn = layer_fn(lay, jnp.asarray(coef_raw, cdt),
                       jnp.asarray(distance_scale, cdt))
-        delta, m, abs_cos = _per_layer(fn, w, g / scale, keys)
-        delta = delta * scale
-        new = _neurons.from_neurons(g + delta, lay, u.shape, cdt)
+        g_s = g / scale
+        delta, m, abs_cos = _per_layer(fn, w, g_s, keys)
+        new = _neurons.from_neurons(g + delta * scale, lay, u.shape, cdt)
+        # |Δ|² and |g|² on the layers' own scales (no overflow, no lax.cond),
+        # brought to the largest one.
+        top = jnp.max(scale)
+        _, e = jnp.frexp(top)
+        rel = jnp.square(scale / top)
+        sums = (e.astype(jnp.int32) - 1,
+                jnp.sum(rel * jnp.square(delta)).astype(jnp.float32),
+                jnp.sum(rel * jnp.square(g_s)).astype(jnp.float32))
         return (new.astype(u.dtype), jnp.sum(m, dtype=jnp.int32),
-                jnp.sum(abs_cos).astype(jnp.float32),
-                *_scaled_sq_sums(new, u.astype(cdt)))
+                jnp.sum(abs_cos).astype(jnp.float32), *sums)
 
       new, m_leaf, cos_leaf, *leaf_sums = _utils.call_with_auto_axes(
           leaf_update, (u, None, None, None, None, None), u, p, leaf_key,

@@ -518,6 +518,19 @@ def test_hard_stacked_layers_collide_within_their_layer():
     np.testing.assert_allclose(u['k'][layer], ref.T, rtol=1e-5, atol=1e-5)
 
 
+def test_hard_relative_change_is_exact_on_layers_of_different_scales():
+  """|Δ|² and |g|² are summed per layer on its own scale: check vs NumPy."""
+  w, g = _rand((3, 6, 5), 35, 0.1), _rand((3, 6, 5), 36)
+  g[1] *= 1e-20
+  g[2] *= 1e15
+  tx = kinetic.hard_collision(0.8, distance_scale=0.05, layer_axes=0)
+  u, s = _apply(tx, {'k': g}, {'k': w})
+  assert int(s.accepted_pairs) > 0
+  change = np.asarray(u['k'], np.float64) - g
+  expected = np.sqrt(np.sum(change ** 2) / np.sum(np.float64(g) ** 2))
+  np.testing.assert_allclose(s.relative_change, expected, rtol=1e-5)
+
+
 def test_near_duplicate_neurons_have_accurate_distances():
   base = _rand((1, 64), 35, 1.0) + 100.0       # large offset: cancellation
   x = np.repeat(base, 8, axis=0) + _rand((8, 64), 36, 1e-3)
