@@ -65,6 +65,7 @@ KINDS = ('soft_vs_matmuls', 'hard_vs_soft', 'hard_vs_rng_floor',
 
 # Targets of the performance contract (ratios, see the module docstring).
 SOFT_TARGET = 1.1
+SOFT_TARGET_SIZES = (1024, 2048)   # the contract's N = D
 HARD_ALL_TARGET = 50.0
 HARD_FLOOR_TARGET = 1.5
 CLIFF_TARGET = 3.0
@@ -278,15 +279,23 @@ def _error_row(kind: str, label: str, error: Exception) -> dict[str, Any]:
 
 
 def bench_soft_vs_matmuls(n: int, repeats: int) -> dict[str, Any]:
-  """Row 1: soft collision vs its three ``N×N×D`` products, ``N = D = n``."""
+  """Row 1: soft collision vs its three ``N×N×D`` products, ``N = D = n``.
+
+  The target (``SOFT_TARGET``) is the performance contract's, for
+  ``N = D`` in ``SOFT_TARGET_SIZES``; other sizes are informational (at
+  small N the O(N·D) passes weigh more against the products).
+  """
   import jax  # pylint: disable=g-import-not-at-top
   w, g = _leaf_inputs(n, n)
   soft, soft_args = _soft_args(w, g)
   ref = jax.jit(_matmul_reference)
   t, t_ref = compare_times(soft, soft_args, ref, (w, g), repeats=repeats)
+  contract = n in SOFT_TARGET_SIZES
   return _row('soft_vs_matmuls', f'soft collision, N=D={n}', time_s=t,
               reference='3 matmuls (WᵀW, GᵀG, G·C)', reference_time_s=t_ref,
-              target_ratio=SOFT_TARGET, repeats=repeats, n=n, d=n)
+              target_ratio=SOFT_TARGET if contract else None,
+              repeats=repeats, n=n, d=n,
+              note='' if contract else 'informational, no target')
 
 
 def _hard_inputs(n: int, planted_pairs: int):
