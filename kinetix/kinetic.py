@@ -629,8 +629,8 @@ def _disjoint_rows(w, g, key, coef, distance_scale):
   In pair space: row gathers give ``g_b − g_a`` and ``w_b − w_a``
   (``N/2 × D`` each) and the pairs' changes ``Δ``; the new gradients return
   to neuron order with one more row gather of ``Δ`` (``+Δ`` for ``a``,
-  ``−Δ`` for ``b``: ``Δ_b = −Δ_a`` exactly), not a scatter. No array of the
-  leaf's size is materialised besides the result.
+  ``−Δ`` for ``b``: ``Δ_b = −Δ_a`` exactly), not a scatter. The
+  temporaries are pair-space arrays (``N/2 × D``).
   """
   n, d = g.shape
   half = n // 2
