@@ -211,6 +211,12 @@ def _soft_leaf(w, g, coef, min_similarity, lay: _neurons.Layout, *,
   return g - coef * _neurons.to_leaf_order(rep, lay), abs_cos, sg, qg
 
 
+def _exponent(p: jax.Array) -> jax.Array:
+  """``e`` (int32) with ``p = 2^e``, for a power of two ``p``."""
+  _, e = jnp.frexp(p)
+  return e.astype(jnp.int32) - 1
+
+
 def _soft_sq_sums(new, g, s, q, lay: _neurons.Layout):
   """:func:`_scaled_sq_sums` from the scales ``s`` of ``g``'s neurons.
 
@@ -220,10 +226,9 @@ def _soft_sq_sums(new, g, s, q, lay: _neurons.Layout):
   it cannot overflow), with no ``lax.cond``.
   """
   top = jnp.max(s)
-  _, e = jnp.frexp(top)
   rel = _neurons.row_values(s, lay) / top
   d = (new - g) / top
-  return (e.astype(jnp.int32) - 1, jnp.sum(d * d).astype(jnp.float32),
+  return (_exponent(top), jnp.sum(d * d).astype(jnp.float32),
           jnp.sum(rel * rel * q).astype(jnp.float32))
 
 
@@ -257,8 +262,7 @@ def _scaled_sq_sums(new, u):
     # enough, and saves a pass over ``new``.
     scale = _neurons.max_abs_scale(u).reshape(())
     dd, x = (new - u) / scale, u / scale
-    _, e = jnp.frexp(scale)
-    return (e.astype(jnp.int32) - 1, jnp.sum(dd * dd).astype(jnp.float32),
+    return (_exponent(scale), jnp.sum(dd * dd).astype(jnp.float32),
             jnp.sum(x * x).astype(jnp.float32))
 
   return jax.lax.cond(ok, lambda f: (jnp.zeros([], jnp.int32), *f), rescaled,
@@ -578,11 +582,16 @@ def _hard_all_layer(w, g, key, coef, distance_scale, *, capacity: int):
 def _matching(key, n: int):
   """A random perfect matching of ``n`` neurons and the pairs' directions key.
 
-  Neurons ``perm[2k]`` and ``perm[2k + 1]`` form pair ``k``; for odd ``n``
-  the last one, ``perm[n − 1]``, sits out.
+  Returns ``(perm, position, dir_key)``: neurons ``perm[2k]`` and
+  ``perm[2k + 1]`` form pair ``k``, for odd ``n`` the last one,
+  ``perm[n − 1]``, sits out; ``position`` is the inverse permutation
+  (neuron ``i`` is ``perm[position[i]]``).
   """
   perm_key, dir_key = _rng.split(key)
-  return _rng.permutation(perm_key, n), dir_key
+  perm = _rng.permutation(perm_key, n)
+  position = jnp.zeros(n, jnp.int32).at[perm].set(
+      jnp.arange(n, dtype=jnp.int32))
+  return perm, position, dir_key
 
 
 def _pair_directions(key, accept, shape, dtype):
@@ -634,7 +643,7 @@ def _disjoint_rows(w, g, key, coef, distance_scale):
   """
   n, d = g.shape
   half = n // 2
-  perm, dir_key = _matching(key, n)
+  perm, position, dir_key = _matching(key, n)
   a, b = perm[0:2 * half:2], perm[1:2 * half:2]
   diff = g[b] - g[a]
   speed = _scaled_norms(diff, 1)
@@ -646,8 +655,6 @@ def _disjoint_rows(w, g, key, coef, distance_scale):
   # g_a* = g_cm + ½ g_r n, g_b* = g_cm − ½ g_r n.
   delta = jnp.where(accept[:, None],
                     0.5 * diff + 0.5 * speed[:, None] * n_dir, 0.0)
-  position = jnp.zeros(n, jnp.int32).at[perm].set(
-      jnp.arange(n, dtype=jnp.int32))
   change = delta[jnp.minimum(position // 2, half - 1)]
   new = jnp.where((position % 2 == 0)[:, None], g + change, g - change)
   new = jnp.where((position >= 2 * half)[:, None], g, new)  # sits out
@@ -671,9 +678,7 @@ def _disjoint_columns(w, g, key, coef, distance_scale):
   """
   d, n = g.shape
   half = n // 2
-  perm, dir_key = _matching(key, n)
-  position = jnp.zeros(n, jnp.int32).at[perm].set(
-      jnp.arange(n, dtype=jnp.int32))
+  perm, position, dir_key = _matching(key, n)
   odd = position >= 2 * half             # the neuron that sits out, if any
   partner = perm[jnp.where(odd, position, position ^ 1)]
   pair = jnp.minimum(position // 2, half - 1)
@@ -906,9 +911,8 @@ def hard_collision(
         # |Δ|² and |g|² on the layers' own scales (no overflow, no lax.cond),
         # brought to the largest one.
         top = jnp.max(scale)
-        _, e = jnp.frexp(top)
         rel = jnp.square(scale / top)
-        sums = (e.astype(jnp.int32) - 1,
+        sums = (_exponent(top),
                 jnp.sum(rel * jnp.square(delta)).astype(jnp.float32),
                 jnp.sum(rel * jnp.square(g_s)).astype(jnp.float32))
         return (new.astype(u.dtype), jnp.sum(m, dtype=jnp.int32),
