@@ -89,6 +89,8 @@ def _selected_leaves(name: str, updates: Any, params: Any, mask: Any,
       raise TypeError(f'{name}: leaf {path!r} has dtype {dtype}; collisions '
                       f'need floating-point params (exclude it from the mask).')
     lay = _neurons.layout(p_shape, neuron_axis, layer_axes, path)
+    if lay.layers * lay.neurons * lay.features == 0:
+      continue                # an empty leaf: nothing to collide
     selected.append(_Leaf(i, path, lay))
   return flat_u, flat_p, treedef, selected
 
@@ -99,8 +101,9 @@ def _warn_if_empty(name: str, selected, params) -> None:
     return
   paths = [p for p, _ in _utils.leaves_with_paths(params)[0]]
   warnings.warn(
-      f'{name}: the mask selects no leaf, so this collision does nothing '
-      f'(its statistics stay 0). Leaf paths: {paths[:20]}'
+      f'{name}: the mask selects no leaf (or only empty ones), so this '
+      f'collision does nothing (its statistics stay 0). Leaf paths: '
+      f'{paths[:20]}'
       f'{" ..." if len(paths) > 20 else ""}. The default mask selects leaves '
       f'with ndim >= 2; kinetix.masks.by_path selects by path.',
       UserWarning, stacklevel=3)

@@ -222,7 +222,7 @@ def condensation(
       continue
     lay = _neurons.layout(tuple(jnp.shape(leaf)), n_ax, l_axes, path)
     n = lay.neurons
-    if n < 2:
+    if n < 2 or lay.layers * lay.features == 0:     # no pair of neurons
       zero = jnp.zeros([], jnp.float32)
       out[path] = {'max_abs_cos': zero, 'mean_abs_cos': zero}
       continue
