@@ -254,3 +254,29 @@ def test_empty_leaves_are_left_alone():
   assert {float(v) for s in stats.values() for v in s.values()} == {0.0}
   with pytest.warns(UserWarning, match='selects no'):
     kinetic.soft_collision(0.3).init(empty)
+
+
+def test_optax_partition_gives_the_head_its_own_collision():
+  """``optax.partition``: KO on the head, Adam elsewhere (masked leaves)."""
+  params = init_params()
+  grads = jax.grad(loss_fn)(params)
+  labels = {'conv': {'kernel': 'adam'},
+            'dense': {'kernel': 'ko', 'bias': 'adam'}}
+  for coll, alone in (
+      (kinetic.soft_collision(0.3), kinetic.soft_collision(
+          0.3, mask=kinetix.masks.by_path('dense/kernel'))),
+      (kinetic.hard_collision(0.9, key=2, distance_scale=0.05),
+       kinetic.hard_collision(0.9, key=2, distance_scale=0.05,
+                              mask=kinetix.masks.by_path('dense/kernel')))):
+    tx = optax.partition({'ko': optax.chain(coll, optax.sgd(0.1)),
+                          'adam': optax.adam(1e-3)}, labels)
+    updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
+    ref_tx = optax.chain(alone, optax.sgd(0.1))
+    ref, ref_state = jax.jit(ref_tx.update)(grads, ref_tx.init(params), params)
+    np.testing.assert_allclose(updates['dense']['kernel'],
+                               ref['dense']['kernel'], rtol=1e-6, atol=1e-7)
+    assert not np.allclose(updates['dense']['kernel'],
+                           -0.1 * grads['dense']['kernel'])
+    inner = state.inner_states['ko'].inner_state[0]
+    np.testing.assert_allclose(inner.mean_abs_cos, ref_state[0].mean_abs_cos,
+                               rtol=1e-6)
