@@ -5,6 +5,7 @@ time; everything that touches device memory runs inside ``init``/``update``.
 """
 
 import numbers
+import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -234,6 +235,105 @@ def check_floating(name: str, params: Any) -> None:
           f'{name}: param {path!r} has dtype {dtype}; {name} updates every '
           f'leaf and needs floating-point params (wrap it with optax.masked '
           f'to leave integer leaves out).')
+
+
+def varying_axes(x: Any) -> frozenset[str]:
+  """The ``shard_map`` axes along which ``x`` differs between devices."""
+  try:
+    aval = jax.typeof(x)
+  except (TypeError, AttributeError):
+    return frozenset()
+  mat = getattr(aval, 'manual_axis_type', None)    # JAX >= 0.9
+  if mat is not None:
+    return frozenset(getattr(mat, 'varying', ()))
+  return frozenset(getattr(aval, 'vma', ()))       # earlier: the aval's vma
+
+
+def vary_like(tree: Any, *others: Any) -> Any:
+  """``tree``, its arrays marked as varying wherever ``others`` vary.
+
+  "Varying" is ``shard_map``'s word for differing between devices. Branches
+  of a ``lax.cond`` must agree on where their outputs vary: an optimizer
+  state that starts out the same on every device meets gradients and losses
+  that differ per device. A no-op outside ``shard_map``; PRNG keys are left
+  as they are.
+  """
+  axes = frozenset().union(
+      *(varying_axes(o) for o in jax.tree.leaves(others)))
+  if not axes:
+    return tree
+  pcast = getattr(jax.lax, 'pcast', None)
+
+  def cast(x):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return x
+    missing = tuple(sorted(axes - varying_axes(x)))
+    if not missing:
+      return x
+    if pcast is not None:
+      return pcast(x, missing, to='varying')
+    return jax.lax.pvary(x, missing)  # pyrefly: ignore[missing-attribute]
+
+  return jax.tree.map(cast, tree)
+
+
+def varying_branches(branches: Sequence[Callable[..., Any]],
+                     *others: Any) -> tuple[Callable[..., Any], ...]:
+  """``lax.cond``/``switch`` branches whose outputs all vary like ``others``.
+
+  Inside ``shard_map`` a branch that returns a constant (a reset counter)
+  and one that returns a value computed from per-device data would
+  otherwise differ in type.
+  """
+  def wrap(fn):
+    return lambda *args: vary_like(fn(*args), *others)
+  return tuple(wrap(fn) for fn in branches)
+
+
+def with_varying_state(init_fn: Callable[..., Any],
+                       update_fn: Callable[..., Any]):
+  """``(init, update)`` whose states vary like the params and updates.
+
+  Inside ``shard_map`` with one model per device, a state built from
+  constants (counts, statistics) would otherwise be the same on every
+  device at ``init`` and differ after an ``update``, which breaks a
+  ``lax.scan`` over steps (its carry changes type). Outside ``shard_map``
+  both are the functions themselves in effect.
+  """
+  def init(params):
+    return vary_like(init_fn(params), params)
+
+  def update(updates, state, params=None, **extra_args):
+    new, new_state = update_fn(updates, state, params, **extra_args)
+    others = (updates, state, params, extra_args.get('value'))
+    return vary_like(new, *others), vary_like(new_state, *others)
+
+  return init, update
+
+
+def warn_if_device_local(name: str, leaves: Sequence[tuple[str, Any]],
+                         consequence: str, stacklevel: int = 5) -> None:
+  """Warns when a leaf differs between devices inside ``shard_map``.
+
+  Inside ``jax.shard_map`` each device holds its own block of a leaf that is
+  split across the mesh (its type names the manual axes it varies over)
+  and kinetix sees that block alone; ``consequence`` says what
+  that does to the physics. The value cannot tell a split leaf from a whole
+  per-device copy (one model per device), so this warns rather than raises.
+  With ``check_vma=False`` nothing is known and nothing is said.
+  """
+  for path, x in leaves:
+    axes = varying_axes(x)
+    if axes:
+      warnings.warn(
+          f'{name}: leaf {path!r} differs between devices along the '
+          f'shard_map axes {tuple(sorted(axes))}, so kinetix sees only this '
+          f"device's block of it: {consequence}. For the exact result call "
+          f'the update outside shard_map (jit with sharded params; see the '
+          f"README's sharding section) or pass the leaf replicated. If every "
+          f'device holds a whole copy of its own (one model per device), '
+          f'this is what you want.', UserWarning, stacklevel=stacklevel)
+      return
 
 
 def _is_explicit(mesh: Any) -> bool:

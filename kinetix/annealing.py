@@ -229,4 +229,5 @@ def cool_momentum(
     return new_updates, CoolMomentumState(
         count=_utils.increment(state.count), rho=rho, velocity=velocity)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(
+      *_utils.with_varying_state(init_fn, update_fn))

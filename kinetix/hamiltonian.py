@@ -28,6 +28,7 @@ References:
   2023.
 """
 
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -175,6 +176,14 @@ def _check_value(name: str, value: Any, dtype: Any) -> jax.Array:
       value.dtype, jnp.complexfloating):
     raise TypeError(f'{name}: value must be a real scalar; got dtype '
                     f'{value.dtype}.')
+  axes = _utils.varying_axes(value)
+  if axes:
+    warnings.warn(
+        f'{name}: the loss value differs between devices along the shard_map '
+        f'axes {tuple(sorted(axes))}, so each device computes its energy '
+        f'from its own loss. Pass jax.lax.pmean(loss, {tuple(sorted(axes))})'
+        f' unless every device trains a model of its own.', UserWarning,
+        stacklevel=4)
   return value.astype(dtype)
 
 
@@ -226,7 +235,12 @@ def _flatten(name: str, updates: Any, momentum: Any):
   except (ValueError, TypeError) as e:
     raise ValueError(f'{name}: updates do not have the structure of the '
                      f'params the state was initialised with: {e}') from e
-  seeds = [_utils.path_seed(_utils.path_to_str(p)) for p, _ in flat]
+  paths = [_utils.path_to_str(p) for p, _ in flat]
+  _utils.warn_if_device_local(
+      name, [(p, g) for p, (_, g) in zip(paths, flat, strict=True)],
+      'the energy and the norms are summed over this block only, so every '
+      'device rescales its momenta by a different factor')
+  seeds = [_utils.path_seed(p) for p in paths]
   return [g for _, g in flat], mom, seeds, treedef
 
 
@@ -550,9 +564,9 @@ def bbi(
               state.bounces, min_v)
 
     def step():
-      pi = jax.lax.cond(
-          first, lambda: _bbi_initial_momentum(g, v_init, c(delta_energy)),
-          lambda: mom)
+      pi = jax.lax.cond(first, *_utils.varying_branches(
+          (lambda: _bbi_initial_momentum(g, v_init, c(delta_energy)),
+           lambda: mom), updates, state, f))
       r = (_bbi_energy_rescale(pi, v, energy, c(eps1), sdt) if conserve
            else c(1.0))
       new_pi = _bbi_kick(pi, g, r, dt, v, energy)
@@ -575,7 +589,8 @@ def bbi(
               new_fixed, optax.safe_increment(state.bounces), min_v)
 
     (new_updates, new_pi, iteration, counter, counter0, fixed, bounces,
-     min_v) = jax.lax.switch(branch, (skip, step, bounce))
+     min_v) = jax.lax.switch(branch, _utils.varying_branches(
+         (skip, step, bounce), updates, state, f))
     unflat = lambda xs: jax.tree_util.tree_unflatten(treedef, xs)  # noqa: E731
     return unflat(new_updates), BBIState(
         count=_utils.increment(state.count), iteration=iteration,
@@ -583,7 +598,8 @@ def bbi(
         bounces=bounces, momentum=unflat(new_pi), energy=energy,
         v_init=v_init, min_v=min_v, key=new_key)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(
+      *_utils.with_varying_state(init_fn, update_fn))
 
 
 # --------------------------------------------------------------------------
@@ -768,8 +784,9 @@ def ecdsep(
       return (_ecdsep_initial_momentum(raw_g, de, sdt), de, v * (s_ + de))
 
     first = state.iteration == 0
-    p, p2, exp_energy = jax.lax.cond(
-        first, initialise, lambda: (mom, state.p2, state.exp_energy))
+    p, p2, exp_energy = jax.lax.cond(first, *_utils.varying_branches(
+        (initialise, lambda: (mom, state.p2, state.exp_energy)),
+        updates, state, params, f))
     new_key, step_key = _rng.split(state.key)
 
     def skip():
@@ -785,10 +802,13 @@ def ecdsep(
         new_p = _ecdsep_rotate(new_p, big_p2, c(nu), step_key, seeds, sdt)
       return new_updates, new_p, big_p2, optax.safe_increment(state.iteration)
 
-    new_updates, new_p, p2, iteration = jax.lax.cond(active, step, skip)
+    new_updates, new_p, p2, iteration = jax.lax.cond(
+        active, *_utils.varying_branches((step, skip), updates, state,
+                                         params, f))
     unflat = lambda xs: jax.tree_util.tree_unflatten(treedef, xs)  # noqa: E731
     return unflat(new_updates), ECDSepState(
         count=_utils.increment(state.count), iteration=iteration,
         momentum=unflat(new_p), p2=p2, exp_energy=exp_energy, key=new_key)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(
+      *_utils.with_varying_state(init_fn, update_fn))

@@ -92,6 +92,11 @@ def _selected_leaves(name: str, updates: Any, params: Any, mask: Any,
     if lay.layers * lay.neurons * lay.features == 0:
       continue                # an empty leaf: nothing to collide
     selected.append(_Leaf(i, path, lay))
+  _utils.warn_if_device_local(
+      name, [(leaf.path, x) for leaf in selected
+             for x in (flat_u[leaf.index][1], flat_p[leaf.index])],
+      'its neurons collide only with the neurons of the same block, and '
+      "their cosines use the block's features only")
   return flat_u, flat_p, treedef, selected
 
 
@@ -106,7 +111,7 @@ def _warn_if_empty(name: str, selected, params) -> None:
       f'{paths[:20]}'
       f'{" ..." if len(paths) > 20 else ""}. The default mask selects leaves '
       f'with ndim >= 2; kinetix.masks.by_path selects by path.',
-      UserWarning, stacklevel=3)
+      UserWarning, stacklevel=4)
 
 
 def _check_common(name: str, coll_coef, key, neuron_axis, layer_axes):
@@ -433,7 +438,8 @@ def soft_collision(
         relative_change=_relative_change(sums))
     return jax.tree_util.tree_unflatten(treedef, out), new_state
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformation(
+      *_utils.with_varying_state(init_fn, update_fn))
 
 
 # --------------------------------------------------------------------------
@@ -943,4 +949,5 @@ def hard_collision(
         relative_change=_relative_change(sums))
     return jax.tree_util.tree_unflatten(treedef, out), new_state
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformation(
+      *_utils.with_varying_state(init_fn, update_fn))

@@ -221,6 +221,10 @@ def condensation(
     if not on:
       continue
     lay = _neurons.layout(tuple(jnp.shape(leaf)), n_ax, l_axes, path)
+    _utils.warn_if_device_local(
+        'condensation', [(path, leaf)],
+        "the cosines are those of this block's neurons and features",
+        stacklevel=3)
     n = lay.neurons
     if n < 2 or lay.layers * lay.features == 0:     # no pair of neurons
       zero = jnp.zeros([], jnp.float32)

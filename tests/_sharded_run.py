@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+import warnings
 
 if __name__ == '__main__':  # not when a test imports the definitions
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
@@ -138,7 +139,85 @@ def main(modes):
   params, target = make_params()
   refs = {}
   for mode in modes:
-    run_mode(mode, params, target, refs)
+    if mode == 'shard_map':
+      run_shard_map(params['dense']['kernel'], target['dense']['kernel'])
+    else:
+      run_mode(mode, params, target, refs)
+
+
+# Inside jax.shard_map kinetix sees each device's block. Cases: the leaf
+# replicated (the exact result, no warning); one whole model per device (a
+# population: each member as if trained alone, with a warning, since the
+# values cannot tell this from a split leaf); the leaf split along its
+# neurons (a warning that the physics is per block); a replicated model
+# given each device's own loss (a forgotten pmean: a warning).
+SHARD_MAP_PLAN = {'soft': ('replicated', 'per_device', 'split'),
+                  'hard': ('per_device', 'split'),
+                  'bbi': ('per_device', 'unreduced_loss'),
+                  'ecdsep': ('replicated', 'per_device')}
+
+
+def run_shard_map(w, target):
+  mesh = jax.make_mesh((8,), ('x',))
+  txs = optimizers()
+
+  def two_steps(tx, w, t):
+    def loss_fn(w):
+      return 0.1 + 0.5 * jnp.sum((w - t) ** 2)
+    def step(carry, _):
+      params, state = carry
+      value, grads = jax.value_and_grad(
+          lambda p: loss_fn(p['dense']['kernel']))(params)
+      updates, state = tx.update(grads, state, params, value=value)
+      return (optax.apply_updates(params, updates), state), None
+
+    params = {'dense': {'kernel': w}}
+    # A scan: the state must keep its type (where it varies) across steps.
+    (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), None, 2)
+    return params['dense']['kernel']
+
+  members = jnp.stack([w * (1.0 + 0.1 * k) for k in range(8)])
+  for name, cases in SHARD_MAP_PLAN.items():
+    tx = txs[name]
+    for case in cases:
+      if case == 'per_device':
+        spec = P('x')
+        args = (members, jnp.broadcast_to(target, members.shape))
+        fn = lambda w, t, tx=tx: two_steps(tx, w[0], t[0])[None]  # noqa: E731
+        alone = jax.jit(lambda w, t, tx=tx: two_steps(tx, w, t))
+        ref = jnp.stack([alone(m, target) for m in members])
+      elif case == 'unreduced_loss':
+        spec, args, ref = P(), (w, target), None
+
+        def fn(w, t, tx=tx):
+          # One step: the params come out differing per device, which no
+          # lax.scan carry (of any optimizer) would accept.
+          params = {'dense': {'kernel': w}}
+          loss = (0.1 + 0.5 * jnp.sum((w - t) ** 2)
+                  + 0.01 * jax.lax.axis_index('x'))
+          grads = {'dense': {'kernel': w - t}}
+          updates, _ = tx.update(grads, tx.init(params), params, value=loss)
+          return jax.lax.pmean(w + updates['dense']['kernel'], 'x')
+      else:
+        spec = P() if case == 'replicated' else P(None, 'x')
+        args = (w, target)
+        fn = lambda w, t, tx=tx: two_steps(tx, w, t)  # noqa: E731
+        ref = jax.jit(fn)(w, target) if case == 'replicated' else None
+      row = {'mode': 'shard_map', 'optimizer': name, 'case': case}
+      sharding = NamedSharding(mesh, spec)
+      with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        try:
+          out = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(spec, spec),
+                                      out_specs=spec))(
+              *(jax.device_put(a, sharding) for a in args))
+          if ref is not None:
+            row['max_error'] = float(jnp.max(jnp.abs(out - ref)))
+          row['finite'] = bool(jnp.all(jnp.isfinite(out)))
+        except Exception as e:  # pylint: disable=broad-except
+          row['error'] = f'{type(e).__name__}: {e}'[:2000]
+      row['warned'] = any('shard_map axes' in str(c.message) for c in caught)
+      print(json.dumps(row), flush=True)
 
 
 def run_mode(mode, params, target, refs):
