@@ -44,7 +44,7 @@ def optimizers():
       'hard': optax.chain(kinetix.hard_collision(0.8, key=1), optax.sgd(0.05)),
       'disjoint': optax.chain(
           kinetix.hard_collision(0.8, pairing='disjoint'), optax.sgd(0.05)),
-      'ko_adamw': kinetix.ko_adamw(0.05),
+      # ko_adamw (hard) trains in the checkpoint phase.
       'bbi': kinetix.bbi(0.05, threshold0=2, n_fixed_bounces=2,
                          delta_energy=0.2),
   }

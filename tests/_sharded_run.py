@@ -41,12 +41,12 @@ STEPS = 3
 BOTH = ('neuron', 'feature')
 PLAN = {
     # Each collision is sharded along both axes across the modes.
-    'nomesh': {'soft': BOTH, 'hard': ('feature',), 'disjoint': ('neuron',),
-               'ko_adamw': ('feature',), 'bbi': ('neuron',),
+    # The aliases (ko_sgd, ko_adamw) are these chains (tests/test_aliases.py).
+    'nomesh': {'soft': BOTH, 'hard': BOTH, 'disjoint': ('neuron',),
+               'bbi': ('neuron',),
                'soft_stacked': ('feature',), 'hard_stacked': ('neuron',),
                'soft_blocked_noise': ('neuron',), 'hard_chunks': ('feature',),
-               'ko_sgd': ('neuron',), 'cool_momentum': ('feature',),
-               'ecdsep': ('neuron',)},
+               'cool_momentum': ('feature',), 'ecdsep': ('neuron',)},
     'explicit': {'soft': ('neuron',), 'hard': ('feature',),
                  'ecdsep': ('feature',)},
     'auto': {'soft': ('feature',), 'hard': ('neuron',),
@@ -55,7 +55,7 @@ PLAN = {
 
 
 # Hard collisions compile slowly (counter-based random directions): they
-# collide the dense kernel only; soft collision and ko_adamw use the default
+# collide the dense kernel only; soft collision uses the default
 # mask (both leaves).
 DENSE = kinetix.masks.by_path('dense/kernel')
 
@@ -85,9 +85,6 @@ def optimizers():
       'disjoint': optax.chain(
           kinetix.hard_collision(0.8, pairing='disjoint', mask=DENSE),
           optax.sgd(0.05)),
-      'ko_sgd': kinetix.ko_sgd(0.05, collision='hard', coll_coef=0.5,
-                               mask=DENSE),
-      'ko_adamw': kinetix.ko_adamw(0.05),
       'cool_momentum': kinetix.cool_momentum(0.05, 0.9, 10),
       'bbi': kinetix.bbi(0.05, threshold0=2, n_fixed_bounces=2,
                          delta_energy=0.2),
@@ -152,9 +149,9 @@ def main(modes):
 # neurons (a warning that the physics is per block); a replicated model
 # given each device's own loss (a forgotten pmean: a warning).
 SHARD_MAP_PLAN = {'soft': ('replicated', 'per_device', 'split'),
-                  'hard': ('per_device', 'split'),
+                  'hard': ('per_device',),
                   'bbi': ('per_device', 'unreduced_loss'),
-                  'ecdsep': ('replicated', 'per_device')}
+                  'ecdsep': ('per_device',)}
 
 
 def run_shard_map(w, target):

@@ -134,9 +134,15 @@ def test_jit_no_recompilation_and_extra_args_ignored(name):
   assert len(traces) == 1
 
 
-@pytest.mark.parametrize('dtype', ['float16', 'bfloat16', 'float32',
-                                   'float64'])
-@pytest.mark.parametrize('name', NAMES)
+# float16 where it takes its own path (the collisions' half-precision input,
+# the aliases' promoted Adam moments); elsewhere it shares bfloat16's.
+_DTYPE_CASES = [(name, dtype) for name in NAMES
+                for dtype in ('float16', 'bfloat16', 'float32', 'float64')
+                if dtype != 'float16' or name in COLLISIONS + (
+                    'ko_sgd', 'ko_adamw')]
+
+
+@pytest.mark.parametrize('name,dtype', _DTYPE_CASES)
 def test_dtypes_and_cond_stable_state(name, dtype):
   with jax.enable_x64(dtype == 'float64'):
     params = init_params(jnp.dtype(dtype))

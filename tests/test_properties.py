@@ -20,7 +20,7 @@ from test_kinetic import _neurons_np  # noqa: E402
 from test_kinetic import hard_reference  # noqa: E402
 from test_kinetic import soft_reference  # noqa: E402
 
-SETTINGS = settings(max_examples=8, deadline=None, derandomize=True,
+SETTINGS = settings(max_examples=6, deadline=None, derandomize=True,
                     suppress_health_check=list(hypothesis.HealthCheck))
 
 

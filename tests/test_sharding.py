@@ -23,8 +23,8 @@ SCRIPT = pathlib.Path(__file__).with_name('_sharded_run.py')
 sys.path.insert(0, str(SCRIPT.parent))
 import _sharded_run as run  # noqa: E402  pylint: disable=g-import-not-at-top
 EXPECTED = {'soft', 'soft_stacked', 'hard_stacked', 'soft_blocked_noise',
-            'hard', 'hard_chunks', 'disjoint', 'ko_sgd', 'ko_adamw',
-            'cool_momentum', 'bbi', 'ecdsep'}
+            'hard', 'hard_chunks', 'disjoint', 'cool_momentum', 'bbi',
+            'ecdsep'}
 
 
 MODES = ('nomesh', 'explicit', 'auto')
