@@ -7,7 +7,7 @@ cluster). Params are global arrays built with
 ``jax.make_array_from_callback``.
 
 * ``train``: every case of :func:`optimizers` trains ``STEPS`` steps with
-  params sharded along neurons and along features; process 0 writes the
+  params sharded along neurons or along features (``AXES``); process 0 writes the
   gathered results. Then ``ko_adamw`` with hard collision trains 2 steps,
   saves params and optimizer state with Orbax, and trains 2 more.
 * ``resume``: fresh processes restore that checkpoint and train the same 2
@@ -36,6 +36,13 @@ import kinetix
 
 NUM_PROCESSES = 2
 STEPS = 3
+
+
+# Each case is sharded along one axis, alternating, so that both
+# communication patterns cross the process boundary (neurons: all-gathers;
+# features: all-reduces); tests/test_sharding.py shards each along both.
+AXES = {'soft': 'neuron', 'hard': 'feature', 'disjoint': 'neuron',
+        'bbi': 'feature'}
 
 
 def optimizers():
@@ -139,7 +146,7 @@ def main(process_id, port, phase, workdir):
     ckpt = workdir / 'ckpt'
     if phase == 'train':
       for name, case_tx in optimizers().items():
-        for axis in ('neuron', 'feature'):
+        for axis in (AXES[name],):
           p = global_arrays(params, mesh, specs(axis))
           t = global_arrays(target, mesh, specs(axis))
           result, _ = train(case_tx, p, t)

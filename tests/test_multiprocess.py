@@ -74,8 +74,9 @@ def runs(tmp_path_factory):
 def test_two_processes_form_one_mesh(runs):
   train, _ = runs
   assert train['process_count'] == 2 and train['device_count'] == 8
-  assert set(train['cases']) == {f'{n}/{a}' for n in run.optimizers()
-                                 for a in ('neuron', 'feature')}
+  assert set(train['cases']) == {f'{n}/{run.AXES[n]}'
+                                 for n in run.optimizers()}
+  assert set(run.AXES.values()) == {'neuron', 'feature'}
   for case in train['cases'].values():
     assert case['global']            # spans both processes' devices
 
@@ -86,7 +87,7 @@ def test_two_process_training_equals_single_process(runs, name):
   params, target = run.make_params()
   ref, _ = run.train(run.optimizers()[name], params, target)
   assert not np.allclose(ref['dense']['kernel'], params['dense']['kernel'])
-  for axis in ('neuron', 'feature'):
+  for axis in (run.AXES[name],):
     case = train['cases'][f'{name}/{axis}']
     assert case['same_sharding'], f'{name} along {axis}: sharding changed'
     for got, want in zip(case['params'], jax.tree.leaves(ref), strict=True):
