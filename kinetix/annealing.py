@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from kinetix import _sharding
 from kinetix import _utils
 
 SCHEDULES = ('paper', 'exact', 'linear')
@@ -230,4 +231,4 @@ def cool_momentum(
         count=_utils.increment(state.count), rho=rho, velocity=velocity)
 
   return optax.GradientTransformationExtraArgs(
-      *_utils.with_varying_state(init_fn, update_fn))
+      *_sharding.with_varying_state(init_fn, update_fn))

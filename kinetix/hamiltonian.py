@@ -37,6 +37,7 @@ import numpy as np
 import optax
 
 from kinetix import _rng
+from kinetix import _sharding
 from kinetix import _utils
 
 # A bounce threshold at or above this never fires (int32 counters saturate).
@@ -176,7 +177,7 @@ def _check_value(name: str, value: Any, dtype: Any) -> jax.Array:
       value.dtype, jnp.complexfloating):
     raise TypeError(f'{name}: value must be a real scalar; got dtype '
                     f'{value.dtype}.')
-  axes = _utils.varying_axes(value)
+  axes = _sharding.varying_axes(value)
   if axes:
     warnings.warn(
         f'{name}: the loss value differs between devices along the shard_map '
@@ -227,8 +228,30 @@ def _check_finite(name: str, value: Any) -> None:
   _utils.check_scalar_or_schedule(name, value, allow_schedule=False)
 
 
-def _flatten(name: str, updates: Any, momentum: Any):
-  """Leaves of ``updates`` and ``momentum`` and the per-leaf path seeds."""
+class _Call(NamedTuple):
+  """What every ECD update reads off its arguments and state.
+
+  ``grads`` are the leaves as given, ``g`` the same in the momentum's dtype
+  (at least float32), ``momentum`` the state's leaves. ``seeds`` fold each
+  leaf's random stream from its path; ``key`` is this call's key (split
+  carry-first) and ``new_key`` the state's next one.
+  """
+  value: jax.Array          # the loss, in the scalar state's dtype
+  grads: list[jax.Array]
+  g: list[jax.Array]
+  momentum: list[jax.Array]
+  seeds: list[int]
+  treedef: Any
+  dt: jax.Array             # the learning rate at this call
+  key: jax.Array
+  new_key: jax.Array
+
+
+def _begin(name: str, updates: Any, momentum: Any, value: Any,
+           learning_rate: Any, count: jax.Array, key: jax.Array,
+           sdt: Any) -> _Call:
+  """Checks ``value``, flattens updates and momentum, splits the key."""
+  f = _check_value(name, value, sdt)
   flat, treedef = jax.tree_util.tree_flatten_with_path(updates)
   try:
     mom = treedef.flatten_up_to(momentum)
@@ -236,12 +259,34 @@ def _flatten(name: str, updates: Any, momentum: Any):
     raise ValueError(f'{name}: updates do not have the structure of the '
                      f'params the state was initialised with: {e}') from e
   paths = [_utils.path_to_str(p) for p, _ in flat]
-  _utils.warn_if_device_local(
+  _sharding.warn_if_device_local(
       name, [(p, g) for p, (_, g) in zip(paths, flat, strict=True)],
       'the energy and the norms are summed over this block only, so every '
       'device rescales its momenta by a different factor')
-  seeds = [_utils.path_seed(p) for p in paths]
-  return [g for _, g in flat], mom, seeds, treedef
+  grads = [g for _, g in flat]
+  new_key, step_key = _rng.split(key)
+  return _Call(
+      value=f, grads=grads,
+      g=[x.astype(m.dtype) for x, m in zip(grads, mom, strict=True)],
+      momentum=mom, seeds=[_utils.path_seed(p) for p in paths],
+      treedef=treedef,
+      dt=jnp.asarray(_utils.resolve(learning_rate, count), sdt),
+      key=step_key, new_key=new_key)
+
+
+def _branch(index: Any, branches, call: _Call, *others: Any):
+  """One of ``branches`` (skip, step, bounce...) on the call's leaves.
+
+  Each branch takes ``(grads, g, momentum)`` as operands, never closes over
+  them, so that every branch's outputs agree in type under an Explicit mesh
+  and inside ``shard_map`` (:func:`kinetix._sharding.switch`).
+  """
+  return _sharding.switch(index, branches,
+                          (call.grads, call.g, call.momentum), *others)
+
+
+def _zeros(leaves: list[jax.Array]) -> list[jax.Array]:
+  return [jnp.zeros_like(x) for x in leaves]
 
 
 def _init_momentum(params: Any) -> Any:
@@ -325,7 +370,7 @@ def _bbi_bounce(pi: list[jax.Array], key: jax.Array, seeds: list[int],
   Leaf ``i`` draws ``uniform(fold_in(key, seeds[i]), [-1/2, 1/2))``.
   """
   u = [_rng.uniform(_rng.fold_in(key, seed), p.shape, p.dtype,
-                    -0.5, 0.5, out_sharding=_utils.sharding_like(p))
+                    -0.5, 0.5, out_sharding=_sharding.sharding_like(p))
        for p, seed in zip(pi, seeds, strict=True)]
   scale = _utils.safe_sqrt(_safe_div(_sq_norm(pi, sdt), _sq_norm(u, sdt)))
   return [x * scale.astype(x.dtype) for x in u]
@@ -379,7 +424,7 @@ def _ecdsep_rotate(p: list[jax.Array], p2: jax.Array, nu: jax.Array,
   safe_norm = jnp.where(norm > 0, norm, jnp.ones_like(norm))
   d = [x / safe_norm.astype(x.dtype) + nu.astype(x.dtype)
        * _rng.normal(_rng.fold_in(key, seed), x.shape, x.dtype,
-                     out_sharding=_utils.sharding_like(x))
+                     out_sharding=_sharding.sharding_like(x))
        for x, seed in zip(p, seeds, strict=True)]
   back = _safe_div(norm, _utils.safe_sqrt(_sq_norm(d, sdt)))
   return [x * back.astype(x.dtype) for x in d]
@@ -533,12 +578,10 @@ def bbi(
   def update_fn(updates, state, params=None, *, value=None, **extra_args):
     del params, extra_args
     sdt = state.energy.dtype
-    f = _check_value(name, value, sdt)
-    grads, mom, seeds, treedef = _flatten(name, updates, state.momentum)
-    g = [x.astype(m.dtype) for x, m in zip(grads, mom, strict=True)]
+    call = _begin(name, updates, state.momentum, value, learning_rate,
+                  state.count, state.key, sdt)
     c = lambda x: jnp.asarray(x, sdt)  # noqa: E731
-    v = f - c(v0)
-    dt = c(_utils.resolve(learning_rate, state.count))
+    v = call.value - c(v0)
 
     # Until the first real step, every call (re-)initialises as the reference.
     first = state.iteration == 0
@@ -554,52 +597,51 @@ def bbi(
     progress_due = jnp.zeros([], bool) if t1 is None else counter == t1
     active = jnp.logical_not(v <= c(eps2))  # a NaN loss is not skipped
     branch = jnp.where(active, jnp.where(fixed_due | progress_due, 2, 1), 0)
-    new_key, step_key = _rng.split(state.key)
 
-    def zeros():
-      return [jnp.zeros_like(x) for x in grads]
-
-    def skip():
-      return (zeros(), mom, state.iteration, counter, counter0, fixed,
+    def skip(ops):
+      grads, _, mom = ops
+      return (_zeros(grads), mom, state.iteration, counter, counter0, fixed,
               state.bounces, min_v)
 
-    def step():
-      pi = jax.lax.cond(first, *_utils.varying_branches(
-          (lambda: _bbi_initial_momentum(g, v_init, c(delta_energy)),
-           lambda: mom), updates, state, f))
+    def step(ops):
+      grads, g, mom = ops
+      pi = _branch(first, (
+          lambda o: o[2],
+          lambda o: _bbi_initial_momentum(o[1], v_init, c(delta_energy))),
+                   call._replace(grads=grads, g=g, momentum=mom), state)
       r = (_bbi_energy_rescale(pi, v, energy, c(eps1), sdt) if conserve
            else c(1.0))
-      new_pi = _bbi_kick(pi, g, r, dt, v, energy)
-      new_updates = _bbi_drift(new_pi, dt, v, energy, grads)
+      new_pi = _bbi_kick(pi, g, r, call.dt, v, energy)
+      new_updates = _bbi_drift(new_pi, call.dt, v, energy, grads)
       improved = v < min_v
       return (new_updates, new_pi, optax.safe_increment(state.iteration),
               jnp.where(improved, zero, optax.safe_increment(counter)),
               optax.safe_increment(counter0), fixed, state.bounces,
               jnp.where(improved, v, min_v))
 
-    def bounce():
-      new_pi = _bbi_bounce(mom, step_key, seeds, sdt)
+    def bounce(ops):
+      grads, _, mom = ops
+      new_pi = _bbi_bounce(mom, call.key, call.seeds, sdt)
       new_fixed = fixed + fixed_due.astype(jnp.int32)
       new_counter0 = jnp.where(
           fixed_due,
           jnp.where(new_fixed < n_fixed, zero,
                     optax.safe_increment(counter0)),
           counter0)
-      return (zeros(), new_pi, state.iteration, zero, new_counter0,
+      return (_zeros(grads), new_pi, state.iteration, zero, new_counter0,
               new_fixed, optax.safe_increment(state.bounces), min_v)
 
     (new_updates, new_pi, iteration, counter, counter0, fixed, bounces,
-     min_v) = jax.lax.switch(branch, _utils.varying_branches(
-         (skip, step, bounce), updates, state, f))
-    unflat = lambda xs: jax.tree_util.tree_unflatten(treedef, xs)  # noqa: E731
+     min_v) = _branch(branch, (skip, step, bounce), call, state)
+    unflat = lambda xs: jax.tree_util.tree_unflatten(call.treedef, xs)  # noqa: E731
     return unflat(new_updates), BBIState(
         count=_utils.increment(state.count), iteration=iteration,
         counter=counter, counter0=counter0, fixed_bounces=fixed,
         bounces=bounces, momentum=unflat(new_pi), energy=energy,
-        v_init=v_init, min_v=min_v, key=new_key)
+        v_init=v_init, min_v=min_v, key=call.new_key)
 
   return optax.GradientTransformationExtraArgs(
-      *_utils.with_varying_state(init_fn, update_fn))
+      *_sharding.with_varying_state(init_fn, update_fn))
 
 
 # --------------------------------------------------------------------------
@@ -755,60 +797,61 @@ def ecdsep(
   def update_fn(updates, state, params=None, *, value=None, **extra_args):
     del extra_args
     sdt = state.p2.dtype
-    f = _check_value(name, value, sdt)
-    grads, mom, seeds, treedef = _flatten(name, updates, state.momentum)
-    g = [x.astype(m.dtype) for x, m in zip(grads, mom, strict=True)]
+    call = _begin(name, updates, state.momentum, value, learning_rate,
+                  state.count, state.key, sdt)
     c = lambda x: jnp.asarray(x, sdt)  # noqa: E731
+    f, g, raw_g = call.value, call.g, call.g
     if not no_decay:
       if params is None:
         raise ValueError(f'{name} with weight_decay needs the params: call '
                          f'tx.update(grads, state, params, value=loss).')
       theta = [x.astype(m.dtype) for x, m in
-               zip(treedef.flatten_up_to(params), mom, strict=True)]
+               zip(call.treedef.flatten_up_to(params), call.momentum,
+                   strict=True)]
       wd = c(weight_decay)
       f = f + 0.5 * wd * _sq_norm(theta, sdt)
       g = [x + wd.astype(x.dtype) * t for x, t in zip(g, theta, strict=True)]
-      raw_g = [x.astype(m.dtype) for x, m in zip(grads, mom, strict=True)]
-    else:
-      raw_g = g
     base = f - c(f0)
     v = jnp.power(base, c(eta))
     # Skip V <= eps2 (also F < F0 with non-integer eta: NaN from the power),
     # but let a NaN loss through.
     active = (v > c(eps2)) | jnp.isnan(base)
-    dt = c(_utils.resolve(learning_rate, state.count))
     s_ = c(s)
     de = jnp.where(s_ == 1, c(delta_energy), c(1.0))
 
-    def initialise():
-      return (_ecdsep_initial_momentum(raw_g, de, sdt), de, v * (s_ + de))
+    def keep(ops):
+      return ops[2], state.p2, state.exp_energy
 
-    first = state.iteration == 0
-    p, p2, exp_energy = jax.lax.cond(first, *_utils.varying_branches(
-        (initialise, lambda: (mom, state.p2, state.exp_energy)),
-        updates, state, params, f))
-    new_key, step_key = _rng.split(state.key)
+    def initialise(ops):
+      # The gradient without weight decay, normalised over the whole model.
+      return _ecdsep_initial_momentum(ops[1], de, sdt), de, v * (s_ + de)
 
-    def skip():
-      return [jnp.zeros_like(x) for x in grads], p, p2, state.iteration
+    p, p2, exp_energy = _branch(state.iteration == 0, (keep, initialise),
+                                call._replace(g=raw_g), state, params, f)
 
-    def step():
+    def skip(ops):
+      return _zeros(ops[0]), ops[2], p2, state.iteration
+
+    def step(ops):
+      grads, g, p = ops
       cf = (_ecdsep_energy_rescale(p2, v, exp_energy, s_, c(eps1))
             if conserve else c(1.0))
-      new_p = _ecdsep_kick(p, g, cf, dt, c(eta), base)
+      new_p = _ecdsep_kick(p, g, cf, call.dt, c(eta), base)
       big_p2 = _sq_norm(new_p, sdt)
-      new_updates = _ecdsep_drift(new_p, big_p2, s_, dt, grads)
+      new_updates = _ecdsep_drift(new_p, big_p2, s_, call.dt, grads)
       if not no_noise:
-        new_p = _ecdsep_rotate(new_p, big_p2, c(nu), step_key, seeds, sdt)
+        new_p = _ecdsep_rotate(new_p, big_p2, c(nu), call.key, call.seeds,
+                               sdt)
       return new_updates, new_p, big_p2, optax.safe_increment(state.iteration)
 
-    new_updates, new_p, p2, iteration = jax.lax.cond(
-        active, *_utils.varying_branches((step, skip), updates, state,
-                                         params, f))
-    unflat = lambda xs: jax.tree_util.tree_unflatten(treedef, xs)  # noqa: E731
+    new_updates, new_p, p2, iteration = _branch(
+        active, (skip, step), call._replace(g=g, momentum=p), state, params,
+        f)
+    unflat = lambda xs: jax.tree_util.tree_unflatten(call.treedef, xs)  # noqa: E731
     return unflat(new_updates), ECDSepState(
         count=_utils.increment(state.count), iteration=iteration,
-        momentum=unflat(new_p), p2=p2, exp_energy=exp_energy, key=new_key)
+        momentum=unflat(new_p), p2=p2, exp_energy=exp_energy,
+        key=call.new_key)
 
   return optax.GradientTransformationExtraArgs(
-      *_utils.with_varying_state(init_fn, update_fn))
+      *_sharding.with_varying_state(init_fn, update_fn))

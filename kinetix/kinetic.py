@@ -23,6 +23,7 @@ import optax
 
 from kinetix import _neurons
 from kinetix import _rng
+from kinetix import _sharding
 from kinetix import _utils
 
 PAIRINGS = ('all', 'disjoint')
@@ -92,7 +93,7 @@ def _selected_leaves(name: str, updates: Any, params: Any, mask: Any,
     if lay.layers * lay.neurons * lay.features == 0:
       continue                # an empty leaf: nothing to collide
     selected.append(_Leaf(i, path, lay))
-  _utils.warn_if_device_local(
+  _sharding.warn_if_device_local(
       name, [(leaf.path, x) for leaf in selected
              for x in (flat_u[leaf.index][1], flat_p[leaf.index])],
       'its neurons collide only with the neurons of the same block, and '
@@ -425,7 +426,7 @@ def soft_collision(
         return (new.astype(u.dtype), abs_cos.astype(jnp.float32),
                 *_soft_sq_sums(new, g, s, q, lay))
 
-      new, cos_leaf, *leaf_sums = _utils.call_with_auto_axes(
+      new, cos_leaf, *leaf_sums = _sharding.call_with_auto_axes(
           leaf_update, (u, None, None, None, None), u, p, leaf_key, coef_raw)
       out[leaf.index] = new
       cos_sum += cos_leaf
@@ -439,7 +440,7 @@ def soft_collision(
     return jax.tree_util.tree_unflatten(treedef, out), new_state
 
   return optax.GradientTransformation(
-      *_utils.with_varying_state(init_fn, update_fn))
+      *_sharding.with_varying_state(init_fn, update_fn))
 
 
 # --------------------------------------------------------------------------
@@ -927,7 +928,7 @@ def hard_collision(
         return (new.astype(u.dtype), jnp.sum(m, dtype=jnp.int32),
                 jnp.sum(abs_cos).astype(jnp.float32), *sums)
 
-      new, m_leaf, cos_leaf, *leaf_sums = _utils.call_with_auto_axes(
+      new, m_leaf, cos_leaf, *leaf_sums = _sharding.call_with_auto_axes(
           leaf_update, (u, None, None, None, None, None), u, p, leaf_key,
           coef_raw)
       out[leaf.index] = new
@@ -950,4 +951,4 @@ def hard_collision(
     return jax.tree_util.tree_unflatten(treedef, out), new_state
 
   return optax.GradientTransformation(
-      *_utils.with_varying_state(init_fn, update_fn))
+      *_sharding.with_varying_state(init_fn, update_fn))

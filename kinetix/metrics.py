@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from kinetix import _neurons
+from kinetix import _sharding
 from kinetix import _utils
 
 # Largest coefficient block (entries) held at once by `condensation` when no
@@ -221,7 +222,7 @@ def condensation(
     if not on:
       continue
     lay = _neurons.layout(tuple(jnp.shape(leaf)), n_ax, l_axes, path)
-    _utils.warn_if_device_local(
+    _sharding.warn_if_device_local(
         'condensation', [(path, leaf)],
         "the cosines are those of this block's neurons and features",
         stacklevel=3)
@@ -241,7 +242,7 @@ def condensation(
                ).astype(jnp.float32))
 
     # Under Explicit mesh axes the neuron layout runs with Auto axes.
-    max_abs, mean_abs = _utils.call_with_auto_axes(
+    max_abs, mean_abs = _sharding.call_with_auto_axes(
         leaf_stats, (None, None), leaf)
     out[path] = {'max_abs_cos': max_abs, 'mean_abs_cos': mean_abs}
   return out
