@@ -25,6 +25,7 @@ from kinetix import _neurons
 from kinetix import _rng
 from kinetix import _sharding
 from kinetix import _utils
+from kinetix import masks
 
 PAIRINGS = ('all', 'disjoint')
 
@@ -75,7 +76,7 @@ def _selected_leaves(name: str, updates: Any, params: Any, mask: Any,
   except (ValueError, TypeError) as e:
     raise ValueError(f'{name}: params do not have the structure of the '
                      f'updates: {e}') from e
-  flags = _neurons.resolve_mask(mask, params, treedef, paths, name)
+  flags = masks._resolve(mask, params, treedef, paths, name)
   selected = []
   leaves = zip(flat_u, flat_p, paths, flags, strict=True)
   for i, ((_, u), p, path, on) in enumerate(leaves):

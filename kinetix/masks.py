@@ -11,11 +11,12 @@ Linen and ``head/kernel`` for an NNX ``nnx.state(model, nnx.Param)``.
 """
 
 import fnmatch
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kinetix import _utils
 
@@ -167,3 +168,62 @@ def all_of(*masks: MaskFn) -> MaskFn:
     trees = [m(params) for m in masks]
     return jax.tree.map(lambda *ms: all(ms), *trees)
   return mask_fn
+
+
+# --------------------------------------------------------------------------
+# Resolving a mask to one flag per leaf (used by every kinetix transformation)
+
+
+def _default(params: Any) -> Any:
+  """Every leaf with ``ndim >= 2`` (weights, not biases or scales)."""
+  return jax.tree.map(lambda x: jnp.ndim(x) >= 2, params)
+
+
+def _resolve(mask: Any, params: Any, treedef: Any,
+             paths: Sequence[str], name: str) -> list[bool]:
+  """Evaluates ``mask`` on ``params``; one Python bool per leaf of ``treedef``.
+
+  ``mask`` is ``None`` (the default mask), a callable of params, or a pytree
+  of bools with the structure of params or a prefix of it, as in
+  ``optax.masked``.
+  """
+  if isinstance(mask, str):
+    raise TypeError(
+        f'{name}: mask={mask!r} is a string; a mask is a pytree of bools or a '
+        f'callable of params. For leaves selected by path write '
+        f'mask=kinetix.masks.by_path({mask!r}).')
+  if isinstance(mask, (jax.Array, np.ndarray)) and np.ndim(mask) == 0 and (
+      isinstance(mask, jax.Array) or _utils.is_traced(mask)):
+    raise TypeError(
+        f'{name}: mask is a scalar array ({mask!r}), not a pytree of Python '
+        f'bools or a callable. ' + INJECT_HINT)
+  if mask is None:
+    mask_tree = _default(params)
+  elif callable(mask) and not isinstance(mask, (bool, np.bool_)):
+    mask_tree = mask(params)
+  else:
+    mask_tree = mask
+  try:
+    full = jax.tree.map(
+        lambda m, sub: jax.tree.map(lambda _: m, sub), mask_tree, params,
+        is_leaf=lambda m: isinstance(m, (bool, np.bool_, np.ndarray,
+                                         jax.Array)))
+    flags = treedef.flatten_up_to(full)
+  except (ValueError, TypeError) as e:
+    raise ValueError(
+        f'{name}: the mask does not match the structure of params. A mask is '
+        f'a pytree of bools with the structure of params (or a prefix of it), '
+        f'or a callable params -> such a pytree. Details: {e}') from e
+  out = []
+  for flag, path in zip(flags, paths, strict=True):
+    if _utils.is_traced(flag):
+      raise TypeError(
+          f'{name}: the mask value for leaf {path!r} is traced; masks must be '
+          f'static (computed from shapes or paths, not from array values).')
+    if not isinstance(flag, (bool, np.bool_)) and not (
+        isinstance(flag, (np.ndarray, jax.Array)) and np.ndim(flag) == 0
+        and np.asarray(flag).dtype == bool):
+      raise TypeError(f'{name}: the mask value for leaf {path!r} must be a '
+                      f'bool; got {flag!r}')
+    out.append(bool(flag))
+  return out

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 from kinetix import _neurons
 from kinetix import _sharding
 from kinetix import _utils
+from kinetix import masks
 
 # Largest coefficient block (entries) held at once by `condensation` when no
 # `block_size` is given: 4M float32 = 16 MiB. Layers with N² above it are
@@ -216,7 +217,7 @@ def condensation(
                        f'{block_size}')
   flat, treedef = jax.tree_util.tree_flatten_with_path(params)
   paths = [_utils.path_to_str(p) for p, _ in flat]
-  flags = _neurons.resolve_mask(mask, params, treedef, paths, 'condensation')
+  flags = masks._resolve(mask, params, treedef, paths, 'condensation')
   out = {}
   for (_, leaf), path, on in zip(flat, paths, flags, strict=True):
     if not on:
