@@ -270,42 +270,84 @@ def matrix_view(lay: Layout, shape: tuple[int, ...]):
 
 
 # --------------------------------------------------------------------------
-# Geometry of (N, D) rows
+# Geometry of (N, D) rows, one row block at a time
+
+
+class Centred(NamedTuple):
+  """Rows of an ``(N, D)`` layer about their mean, for pair distances.
+
+  Distances are translation invariant, and centring removes most of the
+  cancellation in ``|x_i|² + |x_j|² − 2 x_i·x_j`` for the near-duplicate
+  neurons KO is about. ``x`` must be scaled to O(1) by the caller (see
+  :func:`max_abs_scale`).
+  """
+  rows: jax.Array     # (N, D): x − mean
+  sq: jax.Array       # (N,): |x_i − mean|²
+  mean: jax.Array     # (D,)
+
+
+def centre(x: jax.Array) -> Centred:
+  """:class:`Centred` rows of ``x``."""
+  mean = jnp.mean(x, axis=0)
+  xc = x - mean
+  return Centred(xc, jnp.sum(xc * xc, axis=1), mean)
+
+
+def block_distances(c: Centred, start: Any, size: int,
+                    ) -> tuple[jax.Array, jax.Array]:
+  """``|x_i − x_j|`` for rows ``start ... start + size − 1`` against all.
+
+  Returns ``(distances (size, N), centred Gram (size, N))``; the Gram
+  product runs at HIGHEST precision (TF32/bf16 passes would otherwise
+  dominate the error on GPU/TPU), a row's distance to itself is exactly 0.
+  Memory ``O(size·N)``: no ``N×N`` array unless ``size = N``.
+  """
+  n = c.rows.shape[0]
+  xb = jax.lax.dynamic_slice_in_dim(c.rows, start, size)
+  sqb = jax.lax.dynamic_slice_in_dim(c.sq, start, size)
+  gram = jnp.matmul(xb, c.rows.T, precision=HIGHEST)
+  d2 = sqb[:, None] + c.sq[None, :] - 2.0 * gram
+  pos = d2 > 0
+  d = jnp.where(pos, jnp.sqrt(jnp.where(pos, d2, 1.0)), 0.0)
+  rows = start + jnp.arange(size, dtype=jnp.int32)
+  same = rows[:, None] == jnp.arange(n, dtype=jnp.int32)[None, :]
+  return jnp.where(same, 0.0, d), gram
+
+
+def uncentred_norms(c: Centred) -> tuple[jax.Array, jax.Array]:
+  """``(a, 1/|x_i|)`` with ``a = xc·μ``: what :func:`block_cosines` needs.
+
+  ``|x_i|² = |xc_i|² + 2a_i + |μ|²``; computed once per layer (O(N·D)),
+  not once per block.
+  """
+  a = c.rows @ c.mean
+  return a, inverse_norms(jnp.maximum(c.sq + 2.0 * a + jnp.dot(c.mean, c.mean),
+                                      0.0))
+
+
+def block_cosines(c: Centred, norms: tuple[jax.Array, jax.Array], start: Any,
+                  size: int, gram: jax.Array) -> jax.Array:
+  """``cos(x_i, x_j)`` of the *uncentred* rows, from a centred Gram block.
+
+  ``x_i·x_j = xc_i·xc_j + a_i + a_j + |μ|²``, ``norms`` from
+  :func:`uncentred_norms`. A zero row has cosine 0 with every row.
+  """
+  a, inv = norms
+  ab = jax.lax.dynamic_slice_in_dim(a, start, size)
+  dots = gram + ab[:, None] + a[None, :] + jnp.dot(c.mean, c.mean)
+  return dots * (jax.lax.dynamic_slice_in_dim(inv, start, size)[:, None]
+                 * inv[None, :])
 
 
 def pairwise_distances(
     x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """``|x_i − x_j|`` for the rows of ``x`` (N×D) from a Gram matrix.
+  """All ``|x_i − x_j|`` of ``x`` (N×D): :func:`block_distances` of all rows.
 
-  Rows are centred first (distances are translation invariant), which removes
-  most of the cancellation in ``|x_i|² + |x_j|² − 2 x_i·x_j`` for the
-  near-duplicate neurons KO is about; the Gram product runs at HIGHEST
-  precision (TF32/bf16 passes would otherwise dominate the error on GPU/TPU).
-  ``x`` must be scaled to O(1) by the caller (see :func:`max_abs_scale`).
-  Returns ``(distances (N, N) with an exact zero diagonal, centred rows,
-  centred Gram)``.
+  Returns ``(distances (N, N), centred rows, centred Gram)``.
   """
-  xc = x - jnp.mean(x, axis=0, keepdims=True)
-  g = jnp.matmul(xc, xc.T, precision=HIGHEST)
-  sq = jnp.diagonal(g)
-  d2 = sq[:, None] + sq[None, :] - 2.0 * g
-  pos = d2 > 0
-  d = jnp.where(pos, jnp.sqrt(jnp.where(pos, d2, 1.0)), 0.0)
-  return d * (1.0 - jnp.eye(x.shape[0], dtype=x.dtype)), xc, g
-
-
-def cosines_from_centred_gram(x: jax.Array, xc: jax.Array,
-                              gram_c: jax.Array) -> jax.Array:
-  """``cos(x_i, x_j)`` recovered from the centred Gram in O(N·D) extra work."""
-  mu = jnp.mean(x, axis=0)
-  a = xc @ mu
-  g = gram_c + a[:, None] + a[None, :] + jnp.dot(mu, mu)
-  sq = jnp.maximum(jnp.diagonal(g), 0.0)
-  pos = sq > 0
-  norms = jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
-  both = pos[:, None] & pos[None, :]
-  denom = jnp.where(both, norms[:, None] * norms[None, :], 1.0)
-  return jnp.where(both, g / denom, 0.0)
+  c = centre(x)
+  d, gram = block_distances(c, 0, x.shape[0])
+  return d, c.rows, gram
 
 
 def row_normalize(x: jax.Array) -> jax.Array:

@@ -279,10 +279,12 @@ def _branch(index: Any, branches, call: _Call, *others: Any):
 
   Each branch takes ``(grads, g, momentum)`` as operands, never closes over
   them, so that every branch's outputs agree in type under an Explicit mesh
-  and inside ``shard_map`` (:func:`kinetix._sharding.switch`).
+  and inside ``shard_map`` (:func:`kinetix._sharding.switch`); outputs vary
+  like the loss too (an unreduced per-device loss inside ``shard_map``).
   """
   return _sharding.switch(index, branches,
-                          (call.grads, call.g, call.momentum), *others)
+                          (call.grads, call.g, call.momentum), call.value,
+                          *others)
 
 
 def _zeros(leaves: list[jax.Array]) -> list[jax.Array]:

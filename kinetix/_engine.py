@@ -1,0 +1,461 @@
+"""The collision engine: one leaf function, run over every selected leaf.
+
+A collision of :mod:`kinetix.kinetic` is a *leaf function*: the physics of
+one leaf (all of its stacked layers) in the leaf's own layout, returning a
+:class:`LeafResult`. Everything the collisions have in common lives here:
+
+* validation of the shared arguments (``coll_coef``, ``key``, the axes, the
+  layer selection) at construction, and of the leaves at ``init``;
+* the state: a step count, the typed PRNG key (split carry-first each
+  step) and the statistics of the last step;
+* leaf selection (masks), neuron layouts and per-leaf keys folded from the
+  leaf's path, so that a leaf's collision never depends on the other
+  leaves of the tree;
+* **grouping**: leaves with the same layout (shape, dtype, axes, sharding)
+  are stacked and collided by one ``lax.map`` over the stack, so a model
+  compiles one copy of each collision per layout, not one per leaf, and
+  holds the temporaries of one leaf at a time;
+* sharding (Explicit mesh axes run with Auto axes, ``shard_map`` checks);
+* the statistics: ``mean_abs_cos``, ``relative_change`` and, for hard
+  collisions, exact pair counts (two 32-bit words: no overflow at any
+  vocabulary size, without x64).
+"""
+
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from kinetix import _neurons
+from kinetix import _rng
+from kinetix import _sharding
+from kinetix import _utils
+from kinetix import masks
+
+
+# --------------------------------------------------------------------------
+# Exact pair counts: two uint32 words, hi·2^32 + lo
+
+
+def count(x: Any) -> jax.Array:
+  """A count ``[hi, lo]`` (uint32) from a non-negative int32 ``x``."""
+  x = jnp.asarray(x)
+  return jnp.stack([jnp.zeros_like(x, jnp.uint32), x.astype(jnp.uint32)],
+                   axis=-1)
+
+
+def count_add(c: jax.Array, x: Any) -> jax.Array:
+  """``c + x`` for a count ``c`` and a non-negative int32 ``x``."""
+  lo = c[..., 1] + jnp.asarray(x).astype(jnp.uint32)
+  carry = (lo < c[..., 1]).astype(jnp.uint32)
+  return jnp.stack([c[..., 0] + carry, lo], axis=-1)
+
+
+def count_sum(c: jax.Array) -> jax.Array:
+  """The sum of counts ``c`` of shape ``(..., 2)`` (fewer than 65,536).
+
+  The low words are summed as two 16-bit halves, so no partial sum wraps.
+  """
+  c = c.reshape(-1, 2)
+  lo16 = jnp.sum(c[:, 1] & jnp.uint32(0xFFFF), dtype=jnp.uint32)
+  hi16 = jnp.sum(c[:, 1] >> jnp.uint32(16), dtype=jnp.uint32)
+  hi = jnp.sum(c[:, 0], dtype=jnp.uint32)
+  mid = hi16 + (lo16 >> jnp.uint32(16))
+  lo = ((mid & jnp.uint32(0xFFFF)) << jnp.uint32(16)) | (
+      lo16 & jnp.uint32(0xFFFF))
+  return jnp.stack([hi + (mid >> jnp.uint32(16)), lo])
+
+
+def count_float(c: jax.Array) -> jax.Array:
+  """A count as float32 (exact up to 2^24, then to float32 rounding)."""
+  return (c[..., 0].astype(jnp.float32) * jnp.float32(2.0 ** 32)
+          + c[..., 1].astype(jnp.float32))
+
+
+def count_int32(c: jax.Array) -> jax.Array:
+  """A count as int32, saturating at ``2^31 − 1``."""
+  big = (c[..., 0] > 0) | (c[..., 1] > jnp.uint32(2 ** 31 - 1))
+  return jnp.where(big, jnp.int32(2 ** 31 - 1), c[..., 1].astype(jnp.int32))
+
+
+# --------------------------------------------------------------------------
+# What a collision supplies
+
+
+class LeafResult(NamedTuple):
+  """What a leaf function returns for one leaf (all of its layers)."""
+  new: jax.Array          # the collided gradient, the leaf's shape, in the
+                          #   compute dtype (at least float32).
+  abs_cos: jax.Array      # f32[]: Σ|cos(w_i, w_j)| over `cos_pairs` pairs.
+  sq_sums: tuple[jax.Array, jax.Array, jax.Array]
+  # (e int32, |Δg|²/4^e f32, |g|²/4^e f32): see `relative_change`.
+  accepted: jax.Array     # uint32[2]: pairs accepted (a `count`), or
+                          #   `count(0)` for a collision without pairs.
+
+
+class Collision(NamedTuple):
+  """A collision as the engine runs it.
+
+  ``leaf(w, g, key, layer_index, coef, lay)`` collides one leaf: ``w`` and
+  ``g`` in the compute dtype and the leaf's layout ``lay``, ``key`` the
+  leaf's key for this step, ``layer_index`` the indices of its layers
+  (fold them into ``key`` for per-layer streams: a selected layer keeps the
+  key it has when every layer collides), ``coef`` the coefficient.
+  """
+  name: str
+  leaf: Callable[..., LeafResult]
+  cos_pairs: Callable[[_neurons.Layout], int]   # per leaf
+  tested_pairs: Callable[[_neurons.Layout], int] | None = None  # hard only
+  min_neurons: int = 1       # leaves with fewer neurons pass through
+
+
+class _Stats(NamedTuple):
+  """Statistics summed over leaves (the engine's running totals)."""
+  abs_cos: jax.Array     # f32[]: Σ|cos|
+  e: jax.Array           # int32[]: the scale 4^e of d2 and g2
+  d2: jax.Array          # f32[]: Σ|Δg|²/4^e
+  g2: jax.Array          # f32[]: Σ|g|²/4^e
+  accepted: jax.Array    # uint32[2]: a count
+
+
+def _no_stats() -> _Stats:
+  zero = jnp.zeros([], jnp.float32)
+  return _Stats(zero, jnp.asarray(-(1 << 20), jnp.int32), zero, zero,
+                count(jnp.zeros([], jnp.int32)))
+
+
+def _add_stats(a: _Stats, res: LeafResult) -> _Stats:
+  """``a`` plus one leaf's result, on the larger of their two scales."""
+  e, d2, g2 = res.sq_sums
+  top = jnp.maximum(a.e, e)
+  wa = jnp.ldexp(jnp.float32(1.0), 2 * (a.e - top))
+  wb = jnp.ldexp(jnp.float32(1.0), 2 * (e - top))
+  lo = a.accepted[1] + res.accepted[1]
+  hi = a.accepted[0] + res.accepted[0] + (lo < a.accepted[1]).astype(
+      jnp.uint32)
+  return _Stats(a.abs_cos + res.abs_cos, top, a.d2 * wa + d2 * wb,
+                a.g2 * wa + g2 * wb, jnp.stack([hi, lo]))
+
+
+def _relative_change(st: _Stats) -> jax.Array:
+  """``sqrt(Σ|Δg|² / Σ|g|²)``; 0 when every gradient is 0."""
+  pos = st.g2 > 0
+  return jnp.where(pos, jnp.sqrt(jnp.where(
+      pos, st.d2 / jnp.where(pos, st.g2, 1.0), 1.0)), 0.0)
+
+
+class _Leaf(NamedTuple):
+  index: int                       # position among the flattened leaves
+  path: str
+  layout: _neurons.Layout          # of the collided view
+  layer_index: tuple[int, ...]     # the collided layers
+  full: _neurons.Layout            # of the whole leaf
+
+
+# --------------------------------------------------------------------------
+# Arguments
+
+
+def check_arguments(coll_coef: Any, key: Any, neuron_axis: Any,
+                    layer_axes: Any, layers: Any):
+  """Validates the shared arguments; returns the normalised axes/layers."""
+  _utils.check_scalar_or_schedule('coll_coef', coll_coef, lo=0.0, hi=1.0)
+  _utils.validate_key(key)
+  n_ax = -1 if neuron_axis is None else _utils.static_int('neuron_axis',
+                                                         neuron_axis)
+  l_axes = _neurons.normalize_layer_axes(layer_axes)
+  if layers is None:
+    return n_ax, l_axes, None
+  if isinstance(layers, (int, np.integer)) and not isinstance(layers, bool):
+    sel: tuple[int, ...] = (int(layers),)
+  elif isinstance(layers, Sequence) and not isinstance(layers, str) and (
+      len(layers) > 0):
+    sel = tuple(_utils.static_int('layers', i) for i in layers)
+  else:
+    raise TypeError(f'layers must be an int, a non-empty sequence of ints or '
+                    f'None; got {layers!r}')
+  if not l_axes:
+    raise ValueError(
+        f'layers={layers!r} selects stacked layers, but layer_axes is empty: '
+        f'say which axes stack the layers, e.g. layer_axes=0 for nnx.vmap or '
+        f'nn.scan kernels (L, in, out).')
+  return n_ax, l_axes, sel
+
+
+def check_block(name: str, value: Any) -> int | None:
+  """A positive static int, or ``None``."""
+  if value is None:
+    return None
+  v = _utils.static_int(name, value)
+  if v < 1:
+    raise ValueError(f'{name} must be a positive int or None; got {v}')
+  return v
+
+
+def _layer_selection(layers: tuple[int, ...] | None, lay: _neurons.Layout,
+                     path: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+  if layers is None:
+    return tuple(range(lay.layers))
+  out = []
+  for i in layers:
+    if not -lay.layers <= i < lay.layers:
+      raise ValueError(
+          f'layers={layers} is out of range for leaf {path!r} with shape '
+          f'{shape}: it stacks {lay.layers} layers along layer_axes='
+          f'{lay.layer_axes}; allowed indices are '
+          f'{-lay.layers}..{lay.layers - 1}.')
+    out.append(i % lay.layers)
+  if len(set(out)) != len(out):
+    raise ValueError(f'layers={layers} repeats a layer for leaf {path!r}.')
+  return tuple(out)
+
+
+# --------------------------------------------------------------------------
+# Views: the collided layers of a leaf
+
+
+def _stacked_first(lay: _neurons.Layout) -> tuple[int, ...]:
+  """The leaf's axes with the layer axes first, the others in order."""
+  rest = tuple(a for a in range(len(lay.perm)) if a not in lay.layer_axes)
+  return lay.layer_axes + rest
+
+
+def _sub_layout(full: _neurons.Layout, shape: tuple[int, ...],
+                n_sel: int, path: str) -> _neurons.Layout:
+  """The layout of the ``(n_sel, *rest)`` view of the selected layers."""
+  order = _stacked_first(full)
+  rest = order[len(full.layer_axes):]
+  sub_shape = (n_sel, *tuple(shape[a] for a in rest))
+  return _neurons.layout(sub_shape, 1 + rest.index(full.neuron_axis), (0,),
+                         path)
+
+
+def _take_layers(x: jax.Array, leaf: _Leaf) -> jax.Array:
+  if leaf.layout == leaf.full:
+    return x
+  moved = jnp.transpose(x, _stacked_first(leaf.full))
+  nl = len(leaf.full.layer_axes)
+  moved = moved.reshape((leaf.full.layers, *moved.shape[nl:]))
+  return moved[np.asarray(leaf.layer_index)]
+
+
+def _put_layers(x: jax.Array, new: jax.Array, leaf: _Leaf) -> jax.Array:
+  if leaf.layout == leaf.full:
+    return new
+  order = _stacked_first(leaf.full)
+  moved = jnp.transpose(x, order)
+  stacked_shape = moved.shape
+  nl = len(leaf.full.layer_axes)
+  moved = moved.reshape((leaf.full.layers, *stacked_shape[nl:]))
+  moved = moved.at[np.asarray(leaf.layer_index)].set(new.astype(x.dtype))
+  return jnp.transpose(moved.reshape(stacked_shape), tuple(np.argsort(order)))
+
+
+# --------------------------------------------------------------------------
+# Leaf selection
+
+
+def _select(name: str, updates: Any, params: Any, mask: Any,
+            neuron_axis: int, layer_axes: tuple[int, ...],
+            layers: tuple[int, ...] | None, min_neurons: int):
+  """Flattens ``updates``/``params`` and validates the selected leaves."""
+  flat_u, treedef = jax.tree_util.tree_flatten_with_path(updates)
+  paths = [_utils.path_to_str(p) for p, _ in flat_u]
+  try:
+    flat_p = treedef.flatten_up_to(params)
+  except (ValueError, TypeError) as e:
+    raise ValueError(f'{name}: params do not have the structure of the '
+                     f'updates: {e}') from e
+  flags = masks._resolve(mask, params, treedef, paths, name)  # pylint: disable=protected-access
+  selected = []
+  leaves = zip(flat_u, flat_p, paths, flags, strict=True)
+  for i, ((_, u), p, path, on) in enumerate(leaves):
+    if not on:
+      continue
+    p_shape = tuple(getattr(p, 'shape', ()))
+    if tuple(u.shape) != p_shape:
+      raise ValueError(f'{name}: update and param of leaf {path!r} have '
+                       f'different shapes {tuple(u.shape)} and {p_shape}.')
+    dtype = getattr(p, 'dtype', None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+      raise TypeError(f'{name}: leaf {path!r} has dtype {dtype}; collisions '
+                      f'need floating-point params (exclude it from the mask).')
+    full = _neurons.layout(p_shape, neuron_axis, layer_axes, path)
+    index = _layer_selection(layers, full, path, p_shape)
+    if full.layers * full.neurons * full.features == 0:
+      continue                # an empty leaf: nothing to collide
+    if full.neurons < min_neurons:
+      continue                # no pair of neurons
+    lay = (full if layers is None else
+           _sub_layout(full, p_shape, len(index), path))
+    selected.append(_Leaf(i, path, lay, index, full))
+  _sharding.warn_if_device_local(
+      name, [(leaf.path, x) for leaf in selected
+             for x in (flat_u[leaf.index][1], flat_p[leaf.index])],
+      'its neurons collide only with the neurons of the same block, and '
+      "their cosines use the block's features only", stacklevel=6)
+  return [u for _, u in flat_u], flat_p, treedef, selected
+
+
+def _warn_if_empty(name: str, selected, params) -> None:
+  """At ``init``: a collision whose mask selects nothing is a no-op."""
+  if selected:
+    return
+  paths = [p for p, _ in _utils.leaves_with_paths(params)[0]]
+  warnings.warn(
+      f'{name}: the mask selects no leaf (or only empty ones), so this '
+      f'collision does nothing (its statistics stay 0). Leaf paths: '
+      f'{paths[:20]}'
+      f'{" ..." if len(paths) > 20 else ""}. The default mask selects leaves '
+      f'with ndim >= 2; kinetix.masks.by_path selects by path.',
+      UserWarning, stacklevel=4)
+
+
+def _groups(selected: list[_Leaf], us: list[Any], ps: list[Any]):
+  """Selected leaves grouped by what stacking them needs to share."""
+  groups: dict[Any, list[_Leaf]] = {}
+  for leaf in selected:
+    u, p = us[leaf.index], ps[leaf.index]
+    key = (tuple(u.shape), jnp.dtype(u.dtype), jnp.dtype(p.dtype),
+           leaf.full, leaf.layout, leaf.layer_index,
+           _sharding.group_key(u), _sharding.group_key(p))
+    groups.setdefault(key, []).append(leaf)
+  return list(groups.values())
+
+
+# --------------------------------------------------------------------------
+# Running a group
+
+
+def _run_group(collision: Collision, group: list[_Leaf], us: list[Any],
+               ps: list[Any], step_key: jax.Array, coef: Any,
+               totals: _Stats):
+  """Collides the leaves of one group; returns their updates and ``totals``.
+
+  One leaf is collided directly. Several are stacked (one copy of their
+  weights and gradients) and collided by one ``lax.scan`` over the stack:
+  one traced and compiled body per layout, the statistics summed in its
+  carry, and the temporaries of one leaf live at a time (a ``vmap`` would
+  hold every leaf's ``N×N`` matrices at once).
+  """
+  lay, layer_index = group[0].layout, group[0].layer_index
+  u_dtype = us[group[0].index].dtype
+  cdt = _utils.compute_dtype(u_dtype)
+  seeds = np.asarray([_utils.path_seed(leaf.path) for leaf in group],
+                     np.uint32)
+  keys = jax.vmap(lambda s: _rng.fold_in(step_key, s))(jnp.asarray(seeds))
+
+  def one(totals, w, g, key, coef):
+    res = collision.leaf(w.astype(cdt), g.astype(cdt), key, layer_index,
+                         jnp.asarray(coef, cdt), lay)
+    return _add_stats(totals, res), res.new.astype(u_dtype)
+
+  def run(u_leaves, p_leaves, keys, coef, totals):
+    gs = [_take_layers(u, leaf) for u, leaf in zip(u_leaves, group,
+                                                   strict=True)]
+    ws = [_take_layers(p, leaf) for p, leaf in zip(p_leaves, group,
+                                                   strict=True)]
+    if len(group) == 1:
+      totals, new = one(totals, ws[0], gs[0], keys[0], coef)
+      news = [new]
+    else:
+      totals, stacked = jax.lax.scan(
+          lambda t, x: one(t, *x, coef), totals,
+          (jnp.stack(ws), jnp.stack(gs), keys))
+      news = [stacked[k] for k in range(len(group))]
+    return tuple(_put_layers(u, new, leaf) for u, new, leaf in
+                 zip(u_leaves, news, group, strict=True)), totals
+
+  u_leaves = tuple(us[leaf.index] for leaf in group)
+  p_leaves = tuple(ps[leaf.index] for leaf in group)
+  like = jax.tree.map(lambda _: None, totals)
+  return _sharding.call_with_auto_axes(
+      run, (u_leaves, like), u_leaves, p_leaves, keys, coef, totals)
+
+
+# --------------------------------------------------------------------------
+# The transformation
+
+
+def transformation(collision: Collision, state_cls: Any, *, coll_coef: Any,
+                   key: Any, mask: Any, neuron_axis: int,
+                   layer_axes: tuple[int, ...],
+                   layers: tuple[int, ...] | None
+                   ) -> optax.GradientTransformation:
+  """The ``GradientTransformation`` of ``collision`` (arguments checked)."""
+  name = collision.name
+  counted = collision.tested_pairs is not None
+
+  def select(updates, params):
+    return _select(name, updates, params, mask, neuron_axis, layer_axes,
+                   layers, collision.min_neurons)
+
+  def stats(**fields):
+    if not counted:
+      fields.pop('accepted_pairs')
+      fields.pop('accepted_fraction')
+    return fields
+
+  def init_fn(params):
+    _utils.check_array_leaves(name, params)
+    _warn_if_empty(name, select(params, params)[3], params)
+    zero = jnp.zeros([], jnp.float32)
+    return state_cls(
+        count=jnp.zeros([], jnp.int32), key=_utils.canonicalize_key(key),
+        **stats(accepted_pairs=jnp.zeros([], jnp.int32),
+                accepted_fraction=zero, mean_abs_cos=zero,
+                relative_change=zero))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    if params is None:
+      raise ValueError(f'{name} needs the current params: call '
+                       f'tx.update(updates, state, params).')
+    us, ps, treedef, selected = select(updates, params)
+    coef = _utils.resolve(coll_coef, state.count)
+    new_key, step_key = _rng.split(state.key)
+    out = list(us)
+    totals = _no_stats()
+    for group in _groups(selected, us, ps):
+      news, totals = _run_group(collision, group, us, ps, step_key, coef,
+                                totals)
+      for leaf, new in zip(group, news, strict=True):
+        out[leaf.index] = new
+    cos_n = sum(collision.cos_pairs(leaf.layout) for leaf in selected)
+    tested_pairs = collision.tested_pairs
+    tested = 0 if tested_pairs is None else sum(
+        tested_pairs(leaf.layout) for leaf in selected)
+    new_state = state_cls(
+        count=_utils.increment(state.count), key=new_key,
+        **stats(
+            accepted_pairs=count_int32(totals.accepted),
+            # Python floats: pair counts pass 2^31 at N ≈ 65k (an lm_head).
+            accepted_fraction=(count_float(totals.accepted)
+                               / float(max(tested, 1))),
+            mean_abs_cos=totals.abs_cos / float(max(cos_n, 1)),
+            relative_change=_relative_change(totals)))
+    return jax.tree_util.tree_unflatten(treedef, out), new_state
+
+  return optax.GradientTransformation(
+      *_sharding.with_varying_state(init_fn, update_fn))
+
+
+def pairs_between(lay: _neurons.Layout) -> int:
+  """Ordered pairs ``i ≠ j`` of a leaf's layers: ``L·N·(N − 1)``."""
+  return lay.layers * lay.neurons * (lay.neurons - 1)
+
+
+def unordered_pairs(lay: _neurons.Layout) -> int:
+  """Unordered pairs of a leaf's layers: ``L·N·(N − 1)/2``."""
+  return pairs_between(lay) // 2
+
+
+def layer_keys(key: jax.Array, layer_index: tuple[int, ...]) -> jax.Array:
+  """One key per layer: ``fold_in(key, l)`` for each ``l`` in the index."""
+  return jax.vmap(lambda i: _rng.fold_in(key, i))(
+      jnp.asarray(layer_index, jnp.int32))
+
