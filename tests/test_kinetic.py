@@ -1,7 +1,5 @@
 """KO collisions against dense, obviously-correct references and physics laws."""
 
-import itertools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,77 +10,14 @@ from kinetix import _neurons
 from kinetix import kinetic
 from kinetix import masks
 
-
-def _rand(shape, seed, scale=1.0):
-  return (np.random.default_rng(seed).normal(size=shape) * scale).astype(
-      np.float32)
-
-
-def _neurons_np(x, neuron_axis=-1):
-  """(N, D) float64 view: neurons on ``neuron_axis``, the rest flattened."""
-  x = np.moveaxis(np.asarray(x, np.float64), neuron_axis, 0)
-  return x.reshape(x.shape[0], -1)
-
-
-def _from_neurons_np(y, shape, neuron_axis=-1):
-  moved = np.moveaxis(np.zeros(shape), neuron_axis, 0).shape
-  return np.moveaxis(y.reshape(moved), 0, neuron_axis)
-
-
-def soft_reference(w, g, c, include_self=True, min_similarity=None):
-  """Alg. 2 with explicit loops over neuron pairs (float64)."""
-  n = w.shape[0]
-  out = g.copy()
-  for i in range(n):
-    for j in range(n):
-      if i == j and not include_self:
-        continue
-      nwi, nwj = np.linalg.norm(w[i]), np.linalg.norm(w[j])
-      ngi, ngj = np.linalg.norm(g[i]), np.linalg.norm(g[j])
-      cw = w[i] @ w[j] / max(nwi, 1e-12) / max(nwj, 1e-12)
-      cg = g[i] @ g[j] / max(ngi, 1e-12) / max(ngj, 1e-12)
-      s = cw * cg
-      if min_similarity is not None and s < min_similarity:
-        s = 0.0
-      out[i] -= c * s * g[j]
-  return out
-
-
-def hard_reference(w, g, c, kappa, key):
-  """Eqs. 5-8 with explicit pair loops; n_ij from kinetix's pair keys."""
-  n, d = g.shape
-  g_r = np.array([[np.linalg.norm(g[i] - g[j]) for j in range(n)]
-                  for i in range(n)])
-  w_r = np.array([[np.linalg.norm(w[i] - w[j]) for j in range(n)]
-                  for i in range(n)])
-  g_max = g_r.max()
-  out = g.copy()
-  accepted = 0
-  for i, j in itertools.combinations(range(n), 2):
-    if g_max == 0 or g_r[i, j] * np.exp(-kappa * w_r[i, j]) / g_max <= 1 - c:
-      continue
-    accepted += 1
-    n_ij = np.asarray(_neurons.unit_directions(
-        _neurons.pair_keys(key, jnp.array([i]), jnp.array([j])), d,
-        jnp.float32)[0], np.float64)
-    g_cm = (g[i] + g[j]) / 2
-    out[i] += g_cm + 0.5 * g_r[i, j] * n_ij - g[i]
-    out[j] += g_cm - 0.5 * g_r[i, j] * n_ij - g[j]
-  return out, accepted
-
-
-def _layer_key(tx_key, path):
-  """The key kinetix uses for layer 0 of leaf ``path`` at the first step."""
-  from kinetix import _utils
-  _, step_key = jax.random.split(_utils.canonicalize_key(tx_key))
-  leaf_key = jax.random.fold_in(step_key, _utils.path_seed(path))
-  return jax.random.fold_in(leaf_key, 0)
-
-
-def _apply(tx, grads, params):
-  state = tx.init(params)
-  updates, state = jax.jit(tx.update)(grads, state, params)
-  return updates, state
+from _references import apply as _apply
+from _references import disjoint_reference
+from _references import from_neurons_np as _from_neurons_np
+from _references import hard_reference
+from _references import layer_key as _layer_key
+from _references import neurons_np as _neurons_np
+from _references import rand as _rand
+from _references import soft_reference
 
 
 # ----------------------------------------------------------------------------
@@ -266,39 +201,6 @@ def test_disjoint_conserves_kinetic_energy_and_pairs_once():
   np.testing.assert_allclose(np.sum(updates['k']**2), np.sum(g**2), rtol=1e-5)
   per_neuron = np.linalg.norm(updates['k'] - g, axis=0)
   assert np.sum(per_neuron == 0) >= 1             # the odd neuron sits out
-
-
-def disjoint_reference(w, g, c, kappa, key, columns):
-  """The matching and directions kinetix draws, collided with NumPy loops.
-
-  ``w``, ``g``: (N, D) float64. Pair k is (perm[2k], perm[2k + 1]); its
-  direction is row k of a (N/2, D) normal draw for the row layout and
-  column k of a (D, N/2) draw for the column layout.
-  """
-  n, d = g.shape
-  half = n // 2
-  perm_key, dir_key = jax.random.split(key)
-  perm = np.asarray(jax.random.permutation(perm_key, n))
-  if columns:
-    z = np.asarray(jax.random.normal(dir_key, (d, half)), np.float64).T
-  else:
-    z = np.asarray(jax.random.normal(dir_key, (half, d)), np.float64)
-  pairs = [(perm[2 * k], perm[2 * k + 1]) for k in range(half)]
-  speed = np.array([np.linalg.norm(g[b] - g[a]) for a, b in pairs])
-  dist = np.array([np.linalg.norm(w[b] - w[a]) for a, b in pairs])
-  norms = np.linalg.norm(w, axis=1)
-  cosines = [abs(w[a] @ w[b]) / (norms[a] * norms[b]) for a, b in pairs
-             if norms[a] > 0 and norms[b] > 0]
-  out, accepted = g.copy(), 0
-  for k, (a, b) in enumerate(pairs):
-    if speed.max() == 0 or speed[k] * np.exp(-kappa * dist[k]) / speed.max(
-    ) <= 1 - c:
-      continue
-    accepted += 1
-    delta = 0.5 * (g[b] - g[a]) + 0.5 * speed[k] * z[k] / np.linalg.norm(z[k])
-    out[a] += delta
-    out[b] -= delta
-  return out, accepted, sum(cosines) / half
 
 
 @pytest.mark.parametrize('shape,neuron_axis,columns', [

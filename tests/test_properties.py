@@ -1,7 +1,7 @@
 """Property tests (hypothesis): random shapes, layouts, masks, coefficients.
 
 Each example compiles a new program (shapes change), so the example counts
-are small; the dense references are those of ``test_kinetic``.
+are small; the dense references are those of ``_references``.
 """
 
 import warnings
@@ -14,11 +14,11 @@ hypothesis = pytest.importorskip('hypothesis')
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
 import kinetix  # noqa: E402
-from test_kinetic import _from_neurons_np  # noqa: E402
-from test_kinetic import _layer_key  # noqa: E402
-from test_kinetic import _neurons_np  # noqa: E402
-from test_kinetic import hard_reference  # noqa: E402
-from test_kinetic import soft_reference  # noqa: E402
+from _references import from_neurons_np as _from_neurons_np  # noqa: E402
+from _references import hard_reference  # noqa: E402
+from _references import layer_key as _layer_key  # noqa: E402
+from _references import neurons_np as _neurons_np  # noqa: E402
+from _references import soft_reference  # noqa: E402
 
 SETTINGS = settings(max_examples=6, deadline=None, derandomize=True,
                     suppress_health_check=list(hypothesis.HealthCheck))

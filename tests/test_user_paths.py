@@ -14,7 +14,7 @@ import pytest
 import kinetix
 from kinetix import kinetic
 
-from test_contract import NAMES, make, init_params, loss_fn  # noqa: E402
+from _cases import NAMES, init_params, loss_fn, make, step_fn
 
 
 def _one_update_loss(tx, params, state):
@@ -203,7 +203,6 @@ def test_vmapped_ensemble_trains_each_member_as_alone(name):
   ``vmap`` the collisions' ``lax.cond``\\ s become selects and every
   statistic and energy must still be the member's own.
   """
-  from test_contract import step_fn  # pylint: disable=g-import-not-at-top
   tx = make(name)
   members = [jax.tree.map(lambda x, s=s: s * x, init_params())
              for s in (1.0, 0.3, -2.0)]
