@@ -83,6 +83,21 @@ def _chosen_command(argv: Sequence[str]) -> str | None:
   return None
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+  """Appends ``(default: …)`` once: not where the help already says it.
+
+  Options whose default depends on ``--quick`` state it in their help
+  (``(default: 16; --quick: 8)``); ``None`` defaults and flags show none.
+  """
+
+  def _get_help_string(self, action):
+    text = action.help or ''
+    if ('(default' in text or action.nargs == 0
+        or action.default in (None, argparse.SUPPRESS)):
+      return text
+    return super()._get_help_string(action)
+
+
 def build_parser(
     argv: Sequence[str] = (),
 ) -> tuple[argparse.ArgumentParser, types.ModuleType | None]:
@@ -109,7 +124,7 @@ def build_parser(
   for name, (help_text, description) in COMMANDS.items():
     subparsers[name] = sub.add_parser(
         name, help=help_text, description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_DefaultsFormatter)
   chosen = _chosen_command(argv)
   module = None
   if chosen is not None:

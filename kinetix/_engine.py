@@ -12,7 +12,7 @@ one leaf (all of its stacked layers) in the leaf's own layout, returning a
   leaf's path, so that a leaf's collision never depends on the other
   leaves of the tree;
 * **grouping**: leaves with the same layout (shape, dtype, axes, sharding)
-  are stacked and collided by one ``lax.map`` over the stack, so a model
+  are stacked and collided by one ``lax.scan`` over the stack, so a model
   compiles one copy of each collision per layout, not one per leaf, and
   holds the temporaries of one leaf at a time;
 * sharding (Explicit mesh axes run with Auto axes, ``shard_map`` checks);
@@ -218,7 +218,7 @@ def _layer_selection(layers: tuple[int, ...] | None, lay: _neurons.Layout,
 # Views: the collided layers of a leaf
 
 
-def _stacked_first(lay: _neurons.Layout) -> tuple[int, ...]:
+def stacked_first(lay: _neurons.Layout) -> tuple[int, ...]:
   """The leaf's axes with the layer axes first, the others in order."""
   rest = tuple(a for a in range(len(lay.perm)) if a not in lay.layer_axes)
   return lay.layer_axes + rest
@@ -227,7 +227,7 @@ def _stacked_first(lay: _neurons.Layout) -> tuple[int, ...]:
 def _sub_layout(full: _neurons.Layout, shape: tuple[int, ...],
                 n_sel: int, path: str) -> _neurons.Layout:
   """The layout of the ``(n_sel, *rest)`` view of the selected layers."""
-  order = _stacked_first(full)
+  order = stacked_first(full)
   rest = order[len(full.layer_axes):]
   sub_shape = (n_sel, *tuple(shape[a] for a in rest))
   return _neurons.layout(sub_shape, 1 + rest.index(full.neuron_axis), (0,),
@@ -237,7 +237,7 @@ def _sub_layout(full: _neurons.Layout, shape: tuple[int, ...],
 def _take_layers(x: jax.Array, leaf: _Leaf) -> jax.Array:
   if leaf.layout == leaf.full:
     return x
-  moved = jnp.transpose(x, _stacked_first(leaf.full))
+  moved = jnp.transpose(x, stacked_first(leaf.full))
   nl = len(leaf.full.layer_axes)
   moved = moved.reshape((leaf.full.layers, *moved.shape[nl:]))
   return moved[np.asarray(leaf.layer_index)]
@@ -246,7 +246,7 @@ def _take_layers(x: jax.Array, leaf: _Leaf) -> jax.Array:
 def _put_layers(x: jax.Array, new: jax.Array, leaf: _Leaf) -> jax.Array:
   if leaf.layout == leaf.full:
     return new
-  order = _stacked_first(leaf.full)
+  order = stacked_first(leaf.full)
   moved = jnp.transpose(x, order)
   stacked_shape = moved.shape
   nl = len(leaf.full.layer_axes)

@@ -276,10 +276,26 @@ def _soft_sq_sums(new, g, s, q, lay: _neurons.Layout):
           jnp.sum(rel * rel * q).astype(jnp.float32))
 
 
+def _soft_noise(key, layer_index, shape, dtype, lay: _neurons.Layout):
+  """Standard normal noise of ``shape``, one stream per stacked layer.
+
+  A leaf without layer axes draws from its key; stacked layers each from
+  the key folded with the layer's index, so a layer selected by
+  ``layers=`` gets the noise it gets when every layer collides.
+  """
+  if not lay.layer_axes:
+    return _rng.normal(key, shape, dtype)
+  order = _engine.stacked_first(lay)
+  rest = tuple(shape[a] for a in order[len(lay.layer_axes):])
+  z = jax.vmap(lambda k: _rng.normal(k, rest, dtype))(
+      _engine.layer_keys(key, layer_index))
+  z = z.reshape(tuple(shape[a] for a in lay.layer_axes) + rest)
+  return jnp.transpose(z, tuple(np.argsort(order)))
+
+
 def _soft_leaf(w, g, key, layer_index, coef, lay: _neurons.Layout, *,
                opts: _SoftOptions) -> _engine.LeafResult:
   """Alg. 2 on one leaf, in its own layout: ``g ← g − c·S·g``."""
-  del layer_index
   yw, _ = _neurons.scaled_rows(w, lay)
   yg, sg = _neurons.scaled_rows(g, lay)
   if opts.block_size is None or opts.block_size >= lay.neurons:
@@ -290,8 +306,8 @@ def _soft_leaf(w, g, key, layer_index, coef, lay: _neurons.Layout, *,
     rep = _norm_matched(rep, g, sg, lay)
   new = g - coef * rep
   if opts.noise:
-    new = new + jnp.asarray(opts.noise_scale, g.dtype) * _rng.normal(
-        key, g.shape, g.dtype)
+    new = new + jnp.asarray(opts.noise_scale, g.dtype) * _soft_noise(
+        key, layer_index, g.shape, g.dtype, lay)
   return _engine.LeafResult(new, abs_cos.astype(jnp.float32),
                             _soft_sq_sums(new, g, sg, qg, lay),
                             _engine.count(jnp.zeros([], jnp.int32)))

@@ -208,6 +208,28 @@ def condensation(
     >>> list(metrics.condensation(params, mask=masks.by_path('head/*')))
     ['head/kernel']
   """
+  n_ax, l_axes, block_size = _check_axes(neuron_axis, layer_axes, block_size)
+  out = {}
+  for _, path, leaf, lay in _selected('condensation', params, mask, n_ax,
+                                   l_axes):
+    n = lay.neurons
+    if n < 2 or lay.layers * lay.features == 0:     # no pair of neurons
+      zero = jnp.zeros([], jnp.float32)
+      out[path] = {'max_abs_cos': zero, 'mean_abs_cos': zero}
+      continue
+
+    def leaf_stats(leaf, path=path):
+      maxes, mean = _abs_cos_stats(leaf, n_ax, l_axes, path, block_size)
+      return jnp.max(maxes).astype(jnp.float32), mean.astype(jnp.float32)
+
+    # Under Explicit mesh axes the neuron layout runs with Auto axes.
+    max_abs, mean_abs = _sharding.call_with_auto_axes(
+        leaf_stats, (None, None), leaf)
+    out[path] = {'max_abs_cos': max_abs, 'mean_abs_cos': mean_abs}
+  return out
+
+
+def _check_axes(neuron_axis: Any, layer_axes: Any, block_size: Any):
   n_ax = _utils.static_int('neuron_axis', neuron_axis)
   l_axes = _neurons.normalize_layer_axes(layer_axes)
   if block_size is not None:
@@ -215,35 +237,116 @@ def condensation(
     if block_size < 1:
       raise ValueError(f'block_size must be a positive int or None; got '
                        f'{block_size}')
+  return n_ax, l_axes, block_size
+
+
+def _selected(name: str, params: Any, mask: Any, n_ax: int,
+              l_axes: tuple[int, ...]):
+  """``(index, path, leaf, layout)`` of each selected leaf, in tree order."""
   flat, treedef = jax.tree_util.tree_flatten_with_path(params)
   paths = [_utils.path_to_str(p) for p, _ in flat]
-  flags = masks._resolve(mask, params, treedef, paths, 'condensation')
-  out = {}
-  for (_, leaf), path, on in zip(flat, paths, flags, strict=True):
+  flags = masks._resolve(mask, params, treedef, paths, name)  # pylint: disable=protected-access
+  for i, ((_, leaf), path, on) in enumerate(
+      zip(flat, paths, flags, strict=True)):
     if not on:
       continue
     lay = _neurons.layout(tuple(jnp.shape(leaf)), n_ax, l_axes, path)
     _sharding.warn_if_device_local(
-        'condensation', [(path, leaf)],
+        name, [(path, leaf)],
         "the cosines are those of this block's neurons and features",
-        stacklevel=3)
-    n = lay.neurons
-    if n < 2 or lay.layers * lay.features == 0:     # no pair of neurons
-      zero = jnp.zeros([], jnp.float32)
-      out[path] = {'max_abs_cos': zero, 'mean_abs_cos': zero}
+        stacklevel=4)
+    yield i, path, leaf, lay
+
+
+def _abs_cos_stats(leaf: Any, n_ax: int, l_axes: tuple[int, ...], path: str,
+                   block_size: int | None):
+  """Per-layer max off-diagonal ``|cos|`` and the leaf's mean ``|cos|``."""
+  x, lay = _as_neurons(leaf, n_ax, l_axes, path)
+  n = lay.neurons
+  maxes, sums = jax.lax.map(
+      lambda layer: _offdiag_stats(_unit_rows(layer), block_size), x)
+  # The pair count as a Python float: N(N-1) overflows int32 at N≈46k.
+  return maxes, jnp.sum(sums) / float(lay.layers * n * (n - 1))
+
+
+def correlation_rate(
+    params: Any,
+    updates: Any,
+    mask: Any = None,
+    *,
+    neuron_axis: int = -1,
+    layer_axes: int | tuple[int, ...] = (),
+    block_size: int | None = None,
+) -> dict[str, jax.Array]:
+  r"""How fast an update changes each layer's mean ``|cos|``, per unit step.
+
+  For each selected leaf, with ``mean_abs_cos`` as in :func:`condensation`,
+
+  .. math::
+
+    \text{rate} = \frac{d}{d\eta}\Big|_{\eta = 0}
+      \text{mean\_abs\_cos}(w + \eta\, u),
+
+  where :math:`u` is the leaf of ``updates`` in Optax's sign convention
+  (``optax.apply_updates`` adds it). Negative: the update decorrelates the
+  layer's neurons. Theorem 3.3 of the KO paper says that, to first order in
+  the learning rate, both collisions make this more negative: compare
+  ``correlation_rate(params, collided)`` with
+  ``correlation_rate(params, plain)``, the base optimizer's update with and
+  without the collision, to measure the collision's own effect.
+
+  Computed with ``jax.jvp`` through the same (blocked) computation as
+  :func:`condensation`: ``O(N·D + block·N)`` memory, no ``N×N×D`` array.
+  Zero neurons contribute 0 (their cosines are 0 and stay defined as such),
+  never NaN.
+
+  Args:
+    params: a pytree of arrays (or one array): the point ``w``.
+    updates: a pytree with the structure of ``params``: the direction ``u``.
+    mask: which leaves (see :func:`condensation`).
+    neuron_axis: the axis indexing neurons (static int, default ``-1``).
+    layer_axes: axes of independent stacked layers.
+    block_size: rows per block (see :func:`condensation`).
+
+  Returns:
+    ``{path: f32[]}``, the paths and order of :func:`condensation`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from kinetix import metrics
+    >>> w = jnp.array([[1., 1.], [0., 0.1]])        # two similar neurons
+    >>> apart = jnp.array([[0., 0.], [-1., 1.]])    # turns them apart
+    >>> float(metrics.correlation_rate(w, apart)['']) < 0
+    True
+  """
+  n_ax, l_axes, block_size = _check_axes(neuron_axis, layer_axes, block_size)
+  flat_p, treedef = jax.tree_util.tree_flatten(params)
+  try:
+    flat_u = treedef.flatten_up_to(updates)
+  except (ValueError, TypeError) as e:
+    raise ValueError(f'correlation_rate: updates do not have the structure '
+                     f'of params: {e}') from e
+  del flat_p
+  out = {}
+  for i, path, leaf, lay in _selected('correlation_rate', params, mask, n_ax,
+                                      l_axes):
+    u = flat_u[i]
+    if tuple(jnp.shape(u)) != tuple(jnp.shape(leaf)):
+      raise ValueError(
+          f'correlation_rate: update and param of leaf {path!r} have '
+          f'different shapes {tuple(jnp.shape(u))} and '
+          f'{tuple(jnp.shape(leaf))}.')
+    if lay.neurons < 2 or lay.layers * lay.features == 0:
+      out[path] = jnp.zeros([], jnp.float32)
       continue
 
-    def leaf_stats(leaf, path=path, n=n):
-      x, lay = _as_neurons(leaf, n_ax, l_axes, path)
-      maxes, sums = jax.lax.map(
-          lambda layer: _offdiag_stats(_unit_rows(layer), block_size), x)
-      # The pair count as a Python float: N(N-1) overflows int32 at N≈46k.
-      return (jnp.max(maxes).astype(jnp.float32),
-              (jnp.sum(sums) / float(lay.layers * n * (n - 1))
-               ).astype(jnp.float32))
+    def rate(leaf, u, path=path):
+      w = jnp.asarray(leaf)
+      cdt = _utils.compute_dtype(w.dtype)
+      _, dm = jax.jvp(
+          lambda x: _abs_cos_stats(x, n_ax, l_axes, path, block_size)[1],
+          (w.astype(cdt),), (jnp.asarray(u).astype(cdt),))
+      return dm.astype(jnp.float32)
 
-    # Under Explicit mesh axes the neuron layout runs with Auto axes.
-    max_abs, mean_abs = _sharding.call_with_auto_axes(
-        leaf_stats, (None, None), leaf)
-    out[path] = {'max_abs_cos': max_abs, 'mean_abs_cos': mean_abs}
+    out[path] = _sharding.call_with_auto_axes(rate, None, leaf, u)
   return out

@@ -82,3 +82,65 @@ def step_fn(tx):
   return step
 
 
+
+
+# --------------------------------------------------------------------------
+# Builders of the sharded runs (_sharded_run.py, _multiprocess_run.py)
+
+
+DENSE = kinetix.masks.by_path('dense/kernel')
+
+
+def sharded_optimizers(hard_mask=DENSE):
+  """The optimizers every sharded run trains, by short name.
+
+  Hard collisions compile slowly (counter-based random directions): by
+  default they collide the dense kernel only; soft collision uses the
+  default mask.
+  """
+  return {
+      'soft': optax.chain(kinetix.soft_collision(0.3), optax.sgd(0.05)),
+      'hard': optax.chain(kinetix.hard_collision(0.8, key=1, mask=hard_mask),
+                          optax.sgd(0.05)),
+      'disjoint': optax.chain(
+          kinetix.hard_collision(0.8, pairing='disjoint', mask=hard_mask),
+          optax.sgd(0.05)),
+      'bbi': kinetix.bbi(0.05, threshold0=2, n_fixed_bounces=2,
+                         delta_energy=0.2),
+  }
+
+
+def random_params(shapes, seed=0):
+  """float32 params of ``shapes`` (a tree of tuples) and a target like them."""
+  rng = np.random.default_rng(seed)
+  is_shape = lambda x: isinstance(x, tuple)  # noqa: E731
+  params = jax.tree.map(lambda s: rng.normal(size=s).astype(np.float32),
+                        shapes, is_leaf=is_shape)
+  target = jax.tree.map(
+      lambda p: rng.normal(size=p.shape).astype(np.float32), params)
+  return params, target
+
+
+def quadratic_loss(p, target):
+  sq = jax.tree.map(lambda a, b: jnp.sum((a - b) ** 2), p, target)
+  return 0.1 + 0.5 * sum(jax.tree.leaves(sq))
+
+
+def train_step(tx):
+  """A jitted step on :func:`quadratic_loss` that passes ``value=``."""
+  @jax.jit
+  def step(params, state, target):
+    value, grads = jax.value_and_grad(quadratic_loss)(params, target)
+    updates, state = tx.update(grads, state, params, value=value)
+    # The new state must be interchangeable with the old one (lax.cond).
+    state = jax.lax.cond(value > 0, lambda: state, lambda: state)
+    return optax.apply_updates(params, updates), state
+  return step
+
+
+def train(tx, params, target, steps, state=None):
+  step = train_step(tx)
+  state = tx.init(params) if state is None else state
+  for _ in range(steps):
+    params, state = step(params, state, target)
+  return params, state

@@ -34,6 +34,8 @@ from jax.sharding import PartitionSpec as P
 
 import kinetix
 
+import _cases
+
 NUM_PROCESSES = 2
 STEPS = 3
 
@@ -46,30 +48,20 @@ AXES = {'soft': 'neuron', 'hard': 'feature', 'disjoint': 'neuron',
 
 
 def optimizers():
-  return {
-      'soft': optax.chain(kinetix.soft_collision(0.3), optax.sgd(0.05)),
-      'hard': optax.chain(kinetix.hard_collision(0.8, key=1), optax.sgd(0.05)),
-      'disjoint': optax.chain(
-          kinetix.hard_collision(0.8, pairing='disjoint'), optax.sgd(0.05)),
-      # ko_adamw (hard) trains in the checkpoint phase.
-      'bbi': kinetix.bbi(0.05, threshold0=2, n_fixed_bounces=2,
-                         delta_energy=0.2),
-  }
+  # ko_adamw (hard) trains in the checkpoint phase.
+  return _cases.sharded_optimizers(hard_mask=None)
 
 
 def checkpoint_optimizer():
   return kinetix.ko_adamw(0.05, collision='hard', coll_coef=0.5)
 
 
+SHAPES = {'dense': {'kernel': (16, 32), 'bias': (32,)},
+          'conv': {'kernel': (3, 3, 8, 16)}}
+
+
 def make_params():
-  rng = np.random.default_rng(0)
-  shapes = {'dense': {'kernel': (16, 32), 'bias': (32,)},
-            'conv': {'kernel': (3, 3, 8, 16)}}
-  params = jax.tree.map(lambda s: rng.normal(size=s).astype(np.float32),
-                        shapes, is_leaf=lambda x: isinstance(x, tuple))
-  target = jax.tree.map(
-      lambda p: rng.normal(size=p.shape).astype(np.float32), params)
-  return params, target
+  return _cases.random_params(SHAPES)
 
 
 def specs(axis):
@@ -80,26 +72,8 @@ def specs(axis):
           'conv': {'kernel': P(None, None, 'x', None)}}
 
 
-def loss_fn(p, target):
-  sq = jax.tree.map(lambda a, b: jnp.sum((a - b) ** 2), p, target)
-  return 0.1 + 0.5 * sum(jax.tree.leaves(sq))
-
-
-def make_step(tx):
-  @jax.jit
-  def step(params, state, target):
-    value, grads = jax.value_and_grad(loss_fn)(params, target)
-    updates, state = tx.update(grads, state, params, value=value)
-    return optax.apply_updates(params, updates), state
-  return step
-
-
 def train(tx, params, target, steps=STEPS, state=None):
-  step = make_step(tx)
-  state = tx.init(params) if state is None else state
-  for _ in range(steps):
-    params, state = step(params, state, target)
-  return params, state
+  return _cases.train(tx, params, target, steps, state)
 
 
 def global_arrays(tree, mesh, spec_tree):

@@ -31,6 +31,8 @@ from jax.sharding import PartitionSpec as P
 
 import kinetix
 
+import _cases
+
 STEPS = 3
 # Which optimizer runs in which mode, sharded along which axes. Every
 # optimizer runs on Explicit axes without a mesh context (the mesh known only
@@ -54,54 +56,40 @@ PLAN = {
 }
 
 
-# Hard collisions compile slowly (counter-based random directions): they
-# collide the dense kernel only; soft collision uses the default
-# mask (both leaves).
-DENSE = kinetix.masks.by_path('dense/kernel')
-
-
 def optimizers():
+  shared = _cases.sharded_optimizers()
+  stack = kinetix.masks.by_path('stack')
   return {
-      'soft': optax.chain(kinetix.soft_collision(0.3), optax.sgd(0.05)),
+      **shared,
       # Stacked layers (nn.scan): collide per layer along axis 0.
       'soft_stacked': optax.chain(
-          kinetix.soft_collision(0.3, layer_axes=0,
-                                 mask=kinetix.masks.by_path('stack')),
+          kinetix.soft_collision(0.3, layer_axes=0, mask=stack),
           optax.sgd(0.05)),
       'hard_stacked': optax.chain(
-          kinetix.hard_collision(0.8, layer_axes=0,
-                                 mask=kinetix.masks.by_path('stack')),
+          kinetix.hard_collision(0.8, layer_axes=0, mask=stack),
           optax.sgd(0.05)),
+      # Blocked, norm-matched (the authors' wg_e), with noise.
       'soft_blocked_noise': optax.chain(
-          kinetix.soft_collision(0.3, block_size=8, noise_scale=1e-2),
+          kinetix.soft_collision(0.3, block_size=8, noise_scale=1e-2,
+                                 normalize=True, include_self=False),
           optax.sgd(0.05)),
-      'hard': optax.chain(kinetix.hard_collision(0.8, key=1, mask=DENSE),
-                          optax.sgd(0.05)),
-      # Every pair accepted, collided in chunks of 4 pairs.
+      # Every pair accepted, tested in blocks of 5 rows, collided in
+      # chunks of 4 pairs.
       'hard_chunks': optax.chain(
           kinetix.hard_collision(1.0, key=2, distance_scale=0.0, max_pairs=4,
-                                 mask=DENSE),
-          optax.sgd(0.05)),
-      'disjoint': optax.chain(
-          kinetix.hard_collision(0.8, pairing='disjoint', mask=DENSE),
+                                 block_size=5, mask=_cases.DENSE),
           optax.sgd(0.05)),
       'cool_momentum': kinetix.cool_momentum(0.05, 0.9, 10),
-      'bbi': kinetix.bbi(0.05, threshold0=2, n_fixed_bounces=2,
-                         delta_energy=0.2),
       'ecdsep': kinetix.ecdsep(0.05, nu=1e-2),
   }
 
 
+SHAPES = {'dense': {'kernel': (16, 32), 'bias': (32,)}, 'stack': (8, 6, 16)}
+
+
 def make_params():
-  rng = np.random.default_rng(0)
-  shapes = {'dense': {'kernel': (16, 32), 'bias': (32,)},
-            'stack': (8, 6, 16)}
-  params = jax.tree.map(
-      lambda s: jnp.asarray(rng.normal(size=s), jnp.float32), shapes,
-      is_leaf=lambda x: isinstance(x, tuple))
-  target = jax.tree.map(
-      lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
-  return params, target
+  params, target = _cases.random_params(SHAPES)
+  return jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, target)
 
 
 def specs(axis):
@@ -114,22 +102,7 @@ def specs(axis):
 
 
 def train(tx, params, target):
-  def loss_fn(p):
-    sq = jax.tree.map(lambda a, b: jnp.sum((a - b) ** 2), p, target)
-    return 0.1 + 0.5 * sum(jax.tree.leaves(sq))
-
-  @jax.jit
-  def step(params, state):
-    value, grads = jax.value_and_grad(loss_fn)(params)
-    updates, state = tx.update(grads, state, params, value=value)
-    # The new state must be interchangeable with the old one (lax.cond).
-    state = jax.lax.cond(value > 0, lambda: state, lambda: state)
-    return optax.apply_updates(params, updates), state
-
-  state = tx.init(params)
-  for _ in range(STEPS):
-    params, state = step(params, state)
-  return params, state
+  return _cases.train(tx, params, target, STEPS)
 
 
 def main(modes):
@@ -138,6 +111,10 @@ def main(modes):
   for mode in modes:
     if mode == 'shard_map':
       run_shard_map(params['dense']['kernel'], target['dense']['kernel'])
+    elif mode == 'optax_battery':
+      run_optax_battery()
+    elif mode == 'grouped':
+      run_grouped()
     else:
       run_mode(mode, params, target, refs)
 
@@ -264,6 +241,69 @@ def run_mode(mode, params, target, refs):
       row['seconds'] = time.perf_counter() - start
       start = time.perf_counter()
       print(json.dumps(row), flush=True)
+
+
+def run_optax_battery():
+  """Optax's contrib sharding test, for every kinetix optimizer.
+
+  float16 params ``(2, 8, 4)`` sharded ``P(None, 'x')`` on an 8-device
+  Explicit mesh inside ``jax.set_mesh``: the state's types (shapes, dtypes
+  and shardings) after ``init`` equal those after ``update``, eagerly and
+  under ``jit``.
+  """
+  mesh = jax.make_mesh((8,), ('x',), axis_types=(AxisType.Explicit,))
+  sharding = NamedSharding(mesh, P(None, 'x'))
+  types = lambda tree: jax.tree.map(jax.typeof, tree)  # noqa: E731
+  for name in _cases.NAMES:
+    row = {'mode': 'optax_battery', 'optimizer': name}
+    try:
+      with jax.set_mesh(mesh):
+        params = jnp.zeros((2, 8, 4), jnp.float16, out_sharding=sharding)
+        tx = _cases.make(name)
+        extra = {'value': jnp.asarray(1.0, jnp.float16)}
+        state = tx.init(params)
+        row['init_jit'] = types(jax.jit(tx.init)(params)) == types(state)
+        _, eager = tx.update(params, state, params, **extra)
+        row['eager'] = types(eager) == types(state)
+        _, jitted = jax.jit(
+            lambda u, s, p: tx.update(u, s, p, **extra))(params, state,
+                                                         params)
+        row['jit'] = types(jitted) == types(state)
+    except Exception as e:  # pylint: disable=broad-except
+      row['error'] = f'{type(e).__name__}: {e}'[:2000]
+    print(json.dumps(row), flush=True)
+
+
+def run_grouped():
+  """Three same-shaped leaves, sharded three ways, in one tree.
+
+  Leaves that share shape and dtype but not sharding are collided apart
+  (stacking them would reshard); each must equal its unsharded update.
+  """
+  mesh = jax.make_mesh((8,), ('x',))
+  shapes = {'a': (16, 32), 'b': (16, 32), 'c': (16, 32), 'd': (16, 32)}
+  params, target = _cases.random_params(shapes, seed=1)
+  spec = {'a': P(None, 'x'), 'b': P('x', None), 'c': P(), 'd': P(None, 'x')}
+  shard = lambda t: jax.device_put(t, {  # noqa: E731
+      k: NamedSharding(mesh, v) for k, v in spec.items()})
+  for name in ('soft', 'hard'):
+    tx = optax.chain({
+        'soft': kinetix.soft_collision(0.3, noise_scale=1e-3),
+        'hard': kinetix.hard_collision(0.9, key=1),
+    }[name], optax.sgd(0.05))
+    row = {'mode': 'grouped', 'optimizer': name}
+    try:
+      ref, ref_state = _cases.train(tx, params, target, STEPS)
+      out, state = _cases.train(tx, shard(params), shard(target), STEPS)
+      row['max_error'] = max(float(jnp.max(jnp.abs(out[k] - ref[k])))
+                             for k in shapes)
+      row['specs'] = {k: str(out[k].sharding.spec) for k in shapes}
+      if name != 'soft':
+        row['accepted'] = [int(state[0].accepted_pairs),
+                           int(ref_state[0].accepted_pairs)]
+    except Exception as e:  # pylint: disable=broad-except
+      row['error'] = f'{type(e).__name__}: {e}'[:2000]
+    print(json.dumps(row), flush=True)
 
 
 if __name__ == '__main__':

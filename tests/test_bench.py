@@ -56,6 +56,28 @@ def test_quick_bench_writes_all_rows(tmp_path, capsys):
                        for r in floor)
   lm_head = [r for r in rows if r['kind'] == 'blocked_lm_head']
   assert all(r['memory_limit_bytes'] == bench.MEMORY_LIMIT for r in lm_head)
+  # Whole-model compile rows: every collision against its 1-block tree,
+  # with the 2x target; the Optax references carry none.
+  model = {r['optimizer']: r for r in rows if r['kind'] == 'model_compile'}
+  assert set(model) == {'soft', 'hard', 'disjoint', 'adamw', 'muon'}
+  for name in ('soft', 'hard', 'disjoint'):
+    assert model[name]['target_ratio'] == bench.MODEL_COMPILE_TARGET
+    assert model[name]['blocks'] > 1
+  assert model['adamw']['target_ratio'] is None
+  heads = [r for r in rows if r['kind'] == 'vocab_head_memory']
+  assert {r['optimizer'] for r in heads} == set(bench.VOCAB_HEADS)
+  assert all(r['memory_limit_bytes'] and r['temp_bytes'] is not None
+             for r in heads)
+
+
+def test_gpt2_tree_has_the_shapes_of_gpt2_small():
+  import jax  # pylint: disable=g-import-not-at-top
+  params = bench.gpt2_params(12)
+  n = sum(x.size for x in jax.tree.leaves(params))
+  assert n == 124_439_808           # GPT-2 small, tied head
+  kernels = [x for p, x in jax.tree_util.tree_leaves_with_path(params)
+             if 'kernel' in jax.tree_util.keystr(p)]
+  assert len(kernels) == 48
 
 
 def test_temp_bytes_handles_missing_analysis():

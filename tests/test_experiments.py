@@ -70,6 +70,19 @@ def test_digits_help_has_its_options(capsys):
     assert option in printed
 
 
+@pytest.mark.parametrize('command', ['condensation', 'digits', 'lm', 'bench'])
+def test_help_states_each_default_once(command, capsys):
+  with pytest.raises(SystemExit):
+    cli.main([command, '--help'])
+  printed = ' '.join(capsys.readouterr().out.split())   # unwrap the lines
+  options = printed.split(' --')
+  assert len(options) > 3
+  for option in options:
+    assert option.count('(default') <= 1, option
+  assert '(default: None)' not in printed
+  assert '(default: False)' not in printed
+
+
 def test_condensation_quick(tmp_path, capsys):
   out = tmp_path / 'condensation'
   # One activation: notebook 02's smoke run (test_notebooks.py) runs both.
@@ -77,7 +90,11 @@ def test_condensation_quick(tmp_path, capsys):
                    '--no-progress', '--out', str(out)]) == 0
   result = _check_outputs(out, 'condensation')
   assert set(result['results']) == {'tanh'}
-  assert 'wrote' in capsys.readouterr().out
+  printed = capsys.readouterr().out
+  assert 'wrote' in printed
+  # The settings line is printed once, before the run.
+  settings = printed.splitlines()[0].split(': ', 1)[1]
+  assert printed.count(settings) == 1
 
 
 def test_digits_quick(tmp_path, capsys):

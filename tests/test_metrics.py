@@ -222,3 +222,68 @@ def test_logging_inside_scan_has_no_host_sync():
   assert trace.shape == (5,) and bool(jnp.all(jnp.isfinite(trace)))
   # Shifting every weight by a common vector increases alignment.
   assert float(trace[-1]) > float(trace[0])
+
+
+# --------------------------------------------------------------------------
+# correlation_rate: d/dη of mean |cos| at params + η·updates
+
+
+def _mean_abs_cos_np(w, neuron_axis=-1):
+  x = np.moveaxis(np.asarray(w, np.float64), neuron_axis, 0)
+  x = x.reshape(x.shape[0], -1)
+  norms = np.linalg.norm(x, axis=1)
+  u = np.where(norms[:, None] > 0, x / np.where(norms > 0, norms, 1)[:, None],
+               0.0)
+  c = np.abs(u @ u.T)
+  n = len(x)
+  return (c.sum() - np.trace(c)) / (n * (n - 1))
+
+
+@pytest.mark.parametrize('shape,neuron_axis,block_size', [
+    ((9, 12), -1, None), ((9, 12), -1, 5), ((12, 9), 0, None),
+    ((3, 3, 2, 6), -1, 4)])
+def test_correlation_rate_matches_finite_differences(shape, neuron_axis,
+                                                     block_size):
+  w, u = _rand(shape, 30), _rand(shape, 31)
+  rate = metrics.correlation_rate({'k': w}, {'k': u}, neuron_axis=neuron_axis,
+                                  block_size=block_size)['k']
+  eps = 1e-6
+  fd = (_mean_abs_cos_np(w + eps * u.astype(np.float64), neuron_axis)
+        - _mean_abs_cos_np(w - eps * u.astype(np.float64), neuron_axis)) / (
+            2 * eps)
+  np.testing.assert_allclose(rate, fd, rtol=1e-4, atol=1e-6)
+
+
+def test_correlation_rate_sign_convention_and_structure():
+  """Optax adds updates: moving neurons together is positive."""
+  w = 1.0 + 0.3 * _rand((6, 4), 32)             # 4 similar neurons
+  together = (w.mean(axis=1, keepdims=True) - w)    # towards their mean
+  params = {'a': {'kernel': w, 'bias': np.zeros(4, np.float32)}}
+  rates = metrics.correlation_rate(
+      params, {'a': {'kernel': together, 'bias': np.ones(4, np.float32)}})
+  assert list(rates) == list(metrics.condensation(params))
+  assert float(rates['a/kernel']) > 0
+  neg = metrics.correlation_rate(params, {'a': {'kernel': -together,
+                                                'bias': np.zeros(4)}})
+  np.testing.assert_allclose(neg['a/kernel'], -rates['a/kernel'], rtol=1e-5)
+
+
+def test_correlation_rate_on_stacked_layers_and_dead_neurons():
+  w, u = _rand((3, 5, 6), 33), _rand((3, 5, 6), 34)
+  w[1, :, 2] = 0.0                              # a dead neuron in layer 1
+  rate = jax.jit(lambda p, d: metrics.correlation_rate(
+      p, d, layer_axes=0))({'k': w}, {'k': u})['k']
+  assert np.isfinite(rate)                      # even where it is pushed
+  u[1, :, 2] = 0.0                              # ... and where it stays dead
+  rate = metrics.correlation_rate({'k': w}, {'k': u}, layer_axes=0)['k']
+  eps, w64, u64 = 1e-6, w.astype(np.float64), u.astype(np.float64)
+  fd = np.mean([(_mean_abs_cos_np(w64[i] + eps * u64[i]) - _mean_abs_cos_np(
+      w64[i] - eps * u64[i])) / (2 * eps) for i in range(3)])
+  np.testing.assert_allclose(rate, fd, rtol=1e-4, atol=1e-6)
+
+
+def test_correlation_rate_errors_name_the_leaf():
+  with pytest.raises(ValueError, match="leaf 'k'"):
+    metrics.correlation_rate({'k': np.ones((3, 4))}, {'k': np.ones((4, 3))})
+  with pytest.raises(ValueError, match='structure'):
+    metrics.correlation_rate({'k': np.ones((3, 4))}, {'j': np.ones((3, 4))})

@@ -224,6 +224,7 @@ def run_command(
     for name, fig in figures(results, summary, settings).items():
       save_figure(fig, out / name)
       files.append(out / name)
-  print(table)
+  # The settings line was printed first: the table does not repeat it.
+  print(table.replace(f' ({settings.describe()})', ''))
   print('wrote ' + ', '.join(str(f) for f in files))
   return 0

@@ -22,7 +22,14 @@ Every figure is a *ratio* against a reference measured in the same process
    runs and its compiled temporary memory stays small;
 6. a whole jitted MLP train step with soft collision on the head vs the same
    step with plain AdamW;
-7. soft collision vs the ``optax.contrib.muon`` update of the same matrix.
+7. soft collision vs the ``optax.contrib.muon`` update of the same matrix;
+8. a whole model: the update of a GPT-2-small-shaped param tree (768 wide,
+   collision on the 4 kernels of every block, AdamW after it) is compiled
+   with 12 blocks and with 1; the ratio of the two compile times says
+   whether compilation grows with the model (``optax.adamw`` alone and
+   ``optax.contrib.muon`` on the same trees for scale);
+9. vocabulary heads, compile only: XLA's temporary memory of the update on
+   a GPT-2 head (768 × 50,257) and a Qwen2 head (896 × 151,936).
 
 Protocol: ``jax.jit``, one warm-up call (compile), ``block_until_ready`` on
 all outputs, then ``repeats`` timed samples with ``time.perf_counter``; the
@@ -61,7 +68,8 @@ MAX_LOOP = 1000           # ... but at most this many calls per sample
 
 KINDS = ('soft_vs_matmuls', 'hard_vs_soft', 'hard_vs_rng_floor',
          'capacity_cliff',
-         'disjoint_vs_floor', 'blocked_lm_head', 'train_step', 'soft_vs_muon')
+         'disjoint_vs_floor', 'blocked_lm_head', 'train_step', 'soft_vs_muon',
+         'model_compile', 'vocab_head_memory')
 
 # Targets of the performance contract (ratios, see the module docstring).
 SOFT_TARGET = 1.1
@@ -70,6 +78,8 @@ HARD_ALL_TARGET = 50.0
 HARD_FLOOR_TARGET = 1.5
 CLIFF_TARGET = 3.0
 DISJOINT_TARGET = 2.0
+MODEL_COMPILE_TARGET = 2.0         # compile(12 blocks) / compile(1 block)
+MODEL_COMPILE_REPEATS = 3          # compile times: the best of this many
 
 NOTES = (
     'float32 everywhere, default matmul precision (full float32 on CPU); '
@@ -611,6 +621,136 @@ def bench_soft_vs_muon(n: int, repeats: int) -> dict[str, Any]:
               n=n, d=n, note='muon: optax defaults (5 Newton-Schulz steps)')
 
 
+def gpt2_params(blocks: int, width: int = 768, vocab: int = 50257,
+                context: int = 1024) -> Any:
+  """A GPT-2-shaped param tree of shape-dtype structs (unstacked blocks).
+
+  As Flax builds it: ``(in, out)`` kernels, ``blocks/<i>/attn/qkv`` of
+  width ``3·width``, ``blocks/<i>/mlp/fc`` of ``4·width``; the token
+  embedding is the (tied) head.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  def sd(*shape):
+    return jax.ShapeDtypeStruct(shape, jnp.float32)
+
+  def norm():
+    return {'scale': sd(width), 'bias': sd(width)}
+
+  def dense(fan_in, fan_out):
+    return {'kernel': sd(fan_in, fan_out), 'bias': sd(fan_out)}
+
+  return {
+      'wte': {'embedding': sd(vocab, width)},
+      'wpe': {'embedding': sd(context, width)},
+      'blocks': {str(i): {
+          'ln_1': norm(),
+          'attn': {'qkv': dense(width, 3 * width),
+                   'proj': dense(width, width)},
+          'ln_2': norm(),
+          'mlp': {'fc': dense(width, 4 * width),
+                  'proj': dense(4 * width, width)}} for i in range(blocks)},
+      'ln_f': norm(),
+  }
+
+
+BLOCK_KERNELS = 'blocks/*/*/*/kernel'
+
+
+def model_optimizer(name: str) -> Any:
+  """The update benchmarked on a whole model: a collision then AdamW."""
+  import kinetix  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  if name == 'adamw':
+    return optax.adamw(1e-3)
+  if name == 'muon':
+    return optax.contrib.muon(1e-3)
+  mask = kinetix.masks.by_path(BLOCK_KERNELS)
+  collision = {
+      'soft': lambda: kinetix.soft_collision(0.1, mask=mask),
+      'hard': lambda: kinetix.hard_collision(0.1, mask=mask),
+      'disjoint': lambda: kinetix.hard_collision(0.1, mask=mask,
+                                                 pairing='disjoint'),
+  }[name]()
+  return optax.chain(collision, optax.adamw(1e-3))
+
+
+def compile_time(tx: Any, params: Any, repeats: int) -> tuple[float, Any]:
+  """Best of ``repeats`` trace + lower + compile times of ``tx.update``.
+
+  Each repeat jits a new function, so nothing is cached between them.
+  Returns ``(seconds, executable)``.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  state = jax.eval_shape(tx.init, params)
+  best, compiled = math.inf, None
+  for _ in range(repeats):
+    # A new function each time: jit's cache must not serve a repeat.
+    fn = jax.jit(lambda u, s, p: tx.update(u, s, p))  # noqa: PLW0108
+    start = time.perf_counter()
+    compiled = fn.lower(params, state, params).compile()
+    best = min(best, time.perf_counter() - start)
+  return best, compiled
+
+
+MODEL_LABELS = {'soft': 'soft collision + adamw',
+                'hard': "hard collision ('all') + adamw",
+                'disjoint': "hard collision ('disjoint') + adamw",
+                'adamw': 'optax.adamw alone', 'muon': 'optax.contrib.muon'}
+
+
+def bench_model_compile(name: str, blocks: int, width: int, vocab: int, *,
+                        repeats: int) -> dict[str, Any]:
+  """Row 8: compile time of the update on ``blocks`` blocks vs on 1."""
+  t1, _ = compile_time(model_optimizer(name), gpt2_params(1, width, vocab),
+                       repeats)
+  tn, compiled = compile_time(model_optimizer(name),
+                              gpt2_params(blocks, width, vocab), repeats)
+  collision = name in ('soft', 'hard', 'disjoint')
+  return _row('model_compile',
+              f'{MODEL_LABELS[name]}, GPT-2 tree width {width}: compile, '
+              f'{blocks} blocks', time_s=tn,
+              reference='same, 1 block', reference_time_s=t1,
+              target_ratio=MODEL_COMPILE_TARGET if collision else None,
+              temp=temp_bytes(compiled), repeats=repeats, optimizer=name,
+              blocks=blocks, width=width, vocab=vocab,
+              note=(f'collision on the {4 * blocks} block kernels'
+                    if collision else 'reference, no target'))
+
+
+# The collisions measured on vocabulary heads: name -> keyword arguments.
+VOCAB_HEADS: dict[str, dict[str, Any]] = {
+    'hard': {}, 'soft_blocked': {'block_size': 1024},
+    'disjoint': {'pairing': 'disjoint'}}
+
+
+def bench_vocab_head(name: str, d: int, n: int, *,
+                     limit_gib: float) -> dict[str, Any]:
+  """Row 9: the compiled update's temp memory on a ``(D, N)`` head."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import kinetix  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  kwargs = VOCAB_HEADS[name]
+  tx = (kinetix.soft_collision(0.1, **kwargs) if name.startswith('soft')
+        else kinetix.hard_collision(0.1, **kwargs))
+  params = {'head': jax.ShapeDtypeStruct((d, n), jnp.float32)}
+  t, compiled = compile_time(tx, params, 1)
+  t_ref, _ = compile_time(optax.adamw(1e-3), params, 1)
+  label = {'hard': "hard collision ('all')",
+           'soft_blocked': 'soft collision, block_size='
+                           f"{kwargs.get('block_size')}",
+           'disjoint': "hard collision ('disjoint')"}[name]
+  return _row('vocab_head_memory', f'{label}, head ({d}, {n}): compile',
+              time_s=t, reference='optax.adamw, compile',
+              reference_time_s=t_ref,
+              temp=temp_bytes(compiled),
+              memory_limit=int(limit_gib * GIB), repeats=1, optimizer=name,
+              n=n, d=d, note='compile only; leaf weights and gradients '
+              f'{2 * 4 * d * n / GIB:.2f} GiB')
+
+
 # --------------------------------------------------------------------------
 # The whole benchmark
 
@@ -630,6 +770,8 @@ def run_benchmarks(quick: bool, repeats: int, *,
     disjoint_sizes, muon_n = (128,), 128
     lm_head, lm_block, lm_repeats = (64, 5000), 512, 1
     mlp, batch = (16, 64, 64, 10), 32
+    model = (2, 16, 100)                 # blocks, width, vocab
+    heads = ((16, 3000, 2),)
   else:
     soft_sizes, hard_sizes, full_n, mem_n = ((256, 1024, 2048),
                                              (256, 1024, 2048), 512, 2048)
@@ -637,6 +779,8 @@ def run_benchmarks(quick: bool, repeats: int, *,
     disjoint_sizes, muon_n = (1024, 2048), 1024
     lm_head, lm_block, lm_repeats = (768, 50257), 1024, 1
     mlp, batch = (64, 512, 512, 10), 256
+    model = (12, 768, 50257)
+    heads = ((768, 50257, 2), (896, 151936, 4))
 
   cases: list[tuple[tuple[str, str], Callable[[], dict[str, Any]]]] = []
 
@@ -668,6 +812,16 @@ def run_benchmarks(quick: bool, repeats: int, *,
       lambda: bench_soft_vs_muon(muon_n, repeats))
   add('blocked_lm_head', f'blocked lm_head {lm_head}',
       lambda: bench_blocked_lm_head(*lm_head, lm_block, repeats=lm_repeats))
+
+  reps = 1 if quick else MODEL_COMPILE_REPEATS
+  for name in ('soft', 'hard', 'disjoint', 'adamw', 'muon'):
+    add('model_compile', f'model compile {name}',
+        lambda name=name: bench_model_compile(name, *model, repeats=reps))
+  for name in VOCAB_HEADS:
+    for d, n, limit in heads:
+      add('vocab_head_memory', f'vocab head {name} ({d}, {n})',
+          lambda name=name, d=d, n=n, limit=limit: bench_vocab_head(
+              name, d, n, limit_gib=limit))
 
   rows = []
   for (label, kind), case in cases:

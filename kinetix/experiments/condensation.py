@@ -324,11 +324,12 @@ def heatmap_figure(results, settings: Settings, seed: int | None = None):
         f" ± {results[a][m]['mean_abs_cos'][:, -1].std():.2f})" for a in acts
     ])
   import textwrap  # pylint: disable=g-import-not-at-top
-  width = 24 * len(acts) + 14  # characters that fit above the panels
-  title = (textwrap.fill(
-      f'Hidden-neuron cosine similarity after {settings.steps} steps '
-      f'({which} {seed}; neurons in spectral order)', width) + '\n'
-           + textwrap.fill(settings.describe(), width))
+  # Characters that fit above the panels; the settings are in the
+  # Markdown table and under the curves, not in this title.
+  width = max(48, 30 * len(acts))
+  title = textwrap.fill(
+      f'Hidden-neuron |cos| after {settings.steps} steps ({which} {seed}; '
+      f'spectral order)', width)
   return plotting.similarity_grid(
       mats, [METHOD_LABELS[m] for m in methods], acts, title=title,
       annotations=notes, cell_size=2.4)
