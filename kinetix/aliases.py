@@ -117,8 +117,10 @@ def ko_sgd(
     >>> tx = kinetix.ko_sgd(0.1, momentum=0.9, weight_decay=5e-4,
     ...                     mask=kinetix.masks.by_path('head/kernel'))
     >>> params = {'head': {'kernel': jnp.ones((4, 3)), 'bias': jnp.zeros(3)}}
+    >>> grads = {'head': {'kernel': jnp.full((4, 3), 0.1),
+    ...                   'bias': jnp.ones(3)}}
     >>> state = tx.init(params)
-    >>> updates, state = tx.update(params, state, params)
+    >>> updates, state = tx.update(grads, state, params)
   """
   _utils.check_scalar_or_schedule('learning_rate', learning_rate, lo=0.0)
   _utils.check_scalar_or_schedule('momentum', momentum, lo=0.0, hi=1.0,
@@ -172,7 +174,8 @@ def ko_adamw(
     >>> tx = kinetix.ko_adamw(1e-3, collision='hard',
     ...                       collision_options={'distance_scale': 0.05})
     >>> params = {'kernel': jnp.ones((4, 3))}
-    >>> updates, state = tx.update(params, tx.init(params), params)
+    >>> grads = {'kernel': jnp.arange(12.).reshape(4, 3)}
+    >>> updates, state = tx.update(grads, tx.init(params), params)
   """
   _utils.check_scalar_or_schedule('learning_rate', learning_rate, lo=0.0)
   for name, value, hi in (('b1', b1, 1.0), ('b2', b2, 1.0), ('eps', eps, None),

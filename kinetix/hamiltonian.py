@@ -168,7 +168,8 @@ def _check_value(name: str, value: Any, dtype: Any) -> jax.Array:
   if value is None:
     raise ValueError(
         f'{name} needs the loss: call tx.update(grads, state, params, '
-        f'value=loss) with loss, grads = jax.value_and_grad(loss_fn)(params).')
+        f'value=loss) with loss, grads = jax.value_and_grad(loss_fn)(params); '
+        f'with Flax NNX, optimizer.update(model, grads, value=loss).')
   value = jnp.asarray(value)
   if value.ndim != 0:
     raise ValueError(f'{name}: value must be a scalar (the minibatch loss); '
@@ -547,6 +548,9 @@ def bbi(
     >>> best < 1e-3, int(state.fixed_bounces)
     (True, 5)
 
+    With Flax NNX, ``nnx.Optimizer`` passes extra keyword arguments to the
+    transformation: ``optimizer.update(model, grads, value=loss)``.
+
   References:
     De Luca, Silverstein, `Born-Infeld (BI) for AI: Energy-Conserving Descent
     (ECD) for Optimization <https://arxiv.org/abs/2201.11137>`_, ICML 2022.
@@ -755,6 +759,9 @@ def ecdsep(
     ...   params, state = train_step(params, state)
     >>> bool(loss_fn(params) < 1e-2)
     True
+
+    With Flax NNX, ``nnx.Optimizer`` passes extra keyword arguments to the
+    transformation: ``optimizer.update(model, grads, value=loss)``.
 
   References:
     De Luca, Gatti, Silverstein, `Improving Energy Conserving Descent for

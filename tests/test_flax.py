@@ -109,3 +109,29 @@ def test_nnx_mask_selects_only_the_head():
                                 pure_grads['body']['kernel'])
   assert not np.allclose(updates['head']['kernel'],
                          pure_grads['head']['kernel'])
+
+
+def test_collision_statistics_read_through_nnx_optimizer():
+  """``nnx.Optimizer`` wraps each state leaf: ``[...]`` reads its value."""
+  model = NNXModel(nnx.Rngs(0))
+  optimizer = nnx.Optimizer(model, OPTIMIZERS['hard_collision'](),
+                            wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, optimizer):
+    loss, grads = nnx.value_and_grad(
+        lambda m: jnp.mean((m(_X) - _Y) ** 2))(model)
+    optimizer.update(model, grads)
+
+  step(model, optimizer)
+  collision = optimizer.opt_state[0]        # the chain's first state
+  assert isinstance(collision, kinetix.HardCollisionState)
+  pairs = int(collision.accepted_pairs[...])
+  similarity = float(collision.mean_abs_cos[...])
+  expected = kinetix.metrics.condensation(
+      {'head': {'kernel': model.head.kernel[...]}})['head/kernel']
+  assert 0 <= pairs <= 4 * 3 // 2
+  assert 0.0 < similarity <= 1.0
+  # The state's similarity is that of the weights it collided (one step
+  # before the current ones): close to the current condensation.
+  np.testing.assert_allclose(similarity, expected['mean_abs_cos'], atol=0.1)

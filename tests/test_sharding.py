@@ -34,8 +34,7 @@ MODES = ('nomesh', 'explicit', 'auto')
 def rows():
   """All modes in one subprocess: unsharded references are computed once."""
   env = dict(os.environ, JAX_PLATFORMS='cpu')
-  proc = subprocess.run([sys.executable, str(SCRIPT), *MODES, 'shard_map',
-                         'optax_battery', 'grouped'],
+  proc = subprocess.run([sys.executable, str(SCRIPT), *MODES, 'shard_map'],
                         env=env,
                         capture_output=True, text=True, timeout=900,
                         check=False)
@@ -85,25 +84,3 @@ def test_inside_shard_map(rows):
       # as when trained alone (lax.scan over steps: the state keeps its type).
       assert r['max_error'] < 1e-6, case
 
-
-def test_optax_sharding_battery_for_every_optimizer(rows):
-  """Optax's contrib sharding test: state types survive update (eager, jit)."""
-  from _cases import NAMES  # pylint: disable=g-import-not-at-top
-  rows = {r['optimizer']: r for r in rows if r['mode'] == 'optax_battery'}
-  assert set(rows) == set(NAMES)
-  for name, r in rows.items():
-    assert 'error' not in r, f"{name}: {r.get('error')}"
-    assert r['init_jit'] and r['eager'] and r['jit'], (name, r)
-
-
-def test_same_shapes_with_different_shardings_in_one_tree(rows):
-  rows = {r['optimizer']: r for r in rows if r['mode'] == 'grouped'}
-  assert set(rows) == {'soft', 'hard'}
-  for name, r in rows.items():
-    assert 'error' not in r, f"{name}: {r.get('error')}"
-    assert r['max_error'] < 1e-5, (name, r)
-    assert r['specs'] == {'a': "P(None, 'x')", 'b': "P('x', None)",
-                          'c': 'P(None, None)', 'd': "P(None, 'x')"}, r
-
-    if 'accepted' in r:
-      assert r['accepted'][0] == r['accepted'][1] > 0, r

@@ -658,15 +658,19 @@ def gpt2_params(blocks: int, width: int = 768, vocab: int = 50257,
 BLOCK_KERNELS = 'blocks/*/*/*/kernel'
 
 
-def model_optimizer(name: str) -> Any:
-  """The update benchmarked on a whole model: a collision then AdamW."""
+def model_optimizer(name: str, pattern: str = BLOCK_KERNELS) -> Any:
+  """The update benchmarked on a whole model: a collision then AdamW.
+
+  The collision acts on the leaves ``pattern`` selects (every block kernel
+  by default).
+  """
   import kinetix  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   if name == 'adamw':
     return optax.adamw(1e-3)
   if name == 'muon':
     return optax.contrib.muon(1e-3)
-  mask = kinetix.masks.by_path(BLOCK_KERNELS)
+  mask = kinetix.masks.by_path(pattern)
   collision = {
       'soft': lambda: kinetix.soft_collision(0.1, mask=mask),
       'hard': lambda: kinetix.hard_collision(0.1, mask=mask),
@@ -701,11 +705,12 @@ MODEL_LABELS = {'soft': 'soft collision + adamw',
 
 
 def bench_model_compile(name: str, blocks: int, width: int, vocab: int, *,
-                        repeats: int) -> dict[str, Any]:
+                        repeats: int,
+                        pattern: str = BLOCK_KERNELS) -> dict[str, Any]:
   """Row 8: compile time of the update on ``blocks`` blocks vs on 1."""
-  t1, _ = compile_time(model_optimizer(name), gpt2_params(1, width, vocab),
-                       repeats)
-  tn, compiled = compile_time(model_optimizer(name),
+  t1, _ = compile_time(model_optimizer(name, pattern),
+                       gpt2_params(1, width, vocab), repeats)
+  tn, compiled = compile_time(model_optimizer(name, pattern),
                               gpt2_params(blocks, width, vocab), repeats)
   collision = name in ('soft', 'hard', 'disjoint')
   return _row('model_compile',
@@ -715,8 +720,10 @@ def bench_model_compile(name: str, blocks: int, width: int, vocab: int, *,
               target_ratio=MODEL_COMPILE_TARGET if collision else None,
               temp=temp_bytes(compiled), repeats=repeats, optimizer=name,
               blocks=blocks, width=width, vocab=vocab,
-              note=(f'collision on the {4 * blocks} block kernels'
-                    if collision else 'reference, no target'))
+              note=((f'collision on the {4 * blocks} block kernels'
+                     if pattern == BLOCK_KERNELS else
+                     f'collision on {pattern}') if collision
+                    else 'reference, no target'))
 
 
 # The collisions measured on vocabulary heads: name -> keyword arguments.
@@ -771,6 +778,7 @@ def run_benchmarks(quick: bool, repeats: int, *,
     lm_head, lm_block, lm_repeats = (64, 5000), 512, 1
     mlp, batch = (16, 64, 64, 10), 32
     model = (2, 16, 100)                 # blocks, width, vocab
+    model_pattern = 'blocks/*/mlp/fc/kernel'   # one layout: compiles fast
     heads = ((16, 3000, 2),)
   else:
     soft_sizes, hard_sizes, full_n, mem_n = ((256, 1024, 2048),
@@ -780,6 +788,7 @@ def run_benchmarks(quick: bool, repeats: int, *,
     lm_head, lm_block, lm_repeats = (768, 50257), 1024, 1
     mlp, batch = (64, 512, 512, 10), 256
     model = (12, 768, 50257)
+    model_pattern = BLOCK_KERNELS
     heads = ((768, 50257, 2), (896, 151936, 4))
 
   cases: list[tuple[tuple[str, str], Callable[[], dict[str, Any]]]] = []
@@ -816,7 +825,8 @@ def run_benchmarks(quick: bool, repeats: int, *,
   reps = 1 if quick else MODEL_COMPILE_REPEATS
   for name in ('soft', 'hard', 'disjoint', 'adamw', 'muon'):
     add('model_compile', f'model compile {name}',
-        lambda name=name: bench_model_compile(name, *model, repeats=reps))
+        lambda name=name: bench_model_compile(name, *model, repeats=reps,
+                                              pattern=model_pattern))
   for name in VOCAB_HEADS:
     for d, n, limit in heads:
       add('vocab_head_memory', f'vocab head {name} ({d}, {n})',
