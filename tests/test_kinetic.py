@@ -584,3 +584,42 @@ def test_pair_counts_beyond_int32_do_not_overflow():
                                     {'k': shape})
     assert out['k'].shape == shape.shape
     assert new_state.mean_abs_cos.dtype == jnp.float32
+
+
+def test_default_hard_collision_acts_on_a_trained_digits_head():
+  """A 64-32-10 MLP on scikit-learn's digits, trained with AdamW.
+
+  With the defaults (distance_scale 0.05) its 10-neuron head accepts pairs
+  at coll_coef 0.1; with the paper's kappa = 1 it accepts none.
+  """
+  datasets = pytest.importorskip('sklearn.datasets')
+  x, y = datasets.load_digits(return_X_y=True)
+  x = jnp.asarray(x / 16.0, jnp.float32)
+  y = jnp.asarray(y)
+  k1, k2 = jax.random.split(jax.random.key(0))
+  params = {'body': jax.random.normal(k1, (64, 32)) / 8.0,
+            'head': {'kernel': jax.random.normal(k2, (32, 10)) / 6.0}}
+
+  def loss_fn(p):
+    logits = jnp.tanh(x @ p['body']) @ p['head']['kernel']
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  def trained_with(collision):
+    tx = optax.chain(collision, optax.adamw(1e-2))
+
+    def step(carry, _):
+      p, s = carry
+      grads = jax.grad(loss_fn)(p)
+      updates, s = tx.update(grads, s, p)
+      return (optax.apply_updates(p, updates), s), s[0].accepted_pairs
+
+    _, accepted = jax.jit(lambda p: jax.lax.scan(
+        step, (p, tx.init(p)), None, 60))(params)
+    return np.asarray(accepted)
+
+  head = masks.by_path('head/kernel')
+  default = trained_with(kinetic.hard_collision(0.1, mask=head))
+  paper = trained_with(kinetic.hard_collision(0.1, mask=head,
+                                              distance_scale=1.0))
+  assert default.sum() >= 20, default        # about one pair per step
+  assert paper.sum() == 0, paper
