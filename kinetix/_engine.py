@@ -333,7 +333,7 @@ def _groups(selected: list[_Leaf], us: list[Any], ps: list[Any]):
 
 def _run_group(collision: Collision, group: list[_Leaf], us: list[Any],
                ps: list[Any], step_key: jax.Array, coef: Any,
-               totals: _Stats):
+               totals: _Stats, cache: dict[Any, Any]):
   """Collides the leaves of one group; returns their updates and ``totals``.
 
   One leaf is collided directly. Several are stacked (one copy of their
@@ -341,6 +341,10 @@ def _run_group(collision: Collision, group: list[_Leaf], us: list[Any],
   one traced and compiled body per layout, the statistics summed in its
   carry, and the temporaries of one leaf live at a time (a ``vmap`` would
   hold every leaf's ``N×N`` matrices at once).
+
+  The group's computation is one ``jax.jit`` function, kept in ``cache``
+  per group: an eager ``update`` runs it as one compiled program (cached
+  across steps) rather than op by op; under an outer ``jit`` it is inlined.
   """
   lay, layer_index = group[0].layout, group[0].layer_index
   u_dtype = us[group[0].index].dtype
@@ -373,8 +377,13 @@ def _run_group(collision: Collision, group: list[_Leaf], us: list[Any],
   u_leaves = tuple(us[leaf.index] for leaf in group)
   p_leaves = tuple(ps[leaf.index] for leaf in group)
   like = jax.tree.map(lambda _: None, totals)
+  # ``run`` closes over the group and the update dtype: both are the key.
+  key = (tuple(group), jnp.dtype(u_dtype))
+  if key not in cache:
+    cache[key] = jax.jit(run)
+  jitted = cache[key]
   return _sharding.call_with_auto_axes(
-      run, (u_leaves, like), u_leaves, p_leaves, keys, coef, totals)
+      jitted, (u_leaves, like), u_leaves, p_leaves, keys, coef, totals)
 
 
 # --------------------------------------------------------------------------
@@ -389,6 +398,7 @@ def transformation(collision: Collision, state_cls: Any, *, coll_coef: Any,
   """The ``GradientTransformation`` of ``collision`` (arguments checked)."""
   name = collision.name
   counted = collision.tested_pairs is not None
+  cache: dict[Any, Any] = {}      # one jitted function per group of leaves
 
   def select(updates, params):
     return _select(name, updates, params, mask, neuron_axis, layer_axes,
@@ -422,7 +432,7 @@ def transformation(collision: Collision, state_cls: Any, *, coll_coef: Any,
     totals = _no_stats()
     for group in _groups(selected, us, ps):
       news, totals = _run_group(collision, group, us, ps, step_key, coef,
-                                totals)
+                                totals, cache)
       for leaf, new in zip(group, news, strict=True):
         out[leaf.index] = new
     cos_n = sum(collision.cos_pairs(leaf.layout) for leaf in selected)
