@@ -48,11 +48,16 @@ def count(x: Any) -> jax.Array:
                    axis=-1)
 
 
+def count_plus(a: jax.Array, b: jax.Array) -> jax.Array:
+  """The sum of two counts (the carry of the low words into the high)."""
+  lo = a[..., 1] + b[..., 1]
+  carry = (lo < a[..., 1]).astype(jnp.uint32)
+  return jnp.stack([a[..., 0] + b[..., 0] + carry, lo], axis=-1)
+
+
 def count_add(c: jax.Array, x: Any) -> jax.Array:
   """``c + x`` for a count ``c`` and a non-negative int32 ``x``."""
-  lo = c[..., 1] + jnp.asarray(x).astype(jnp.uint32)
-  carry = (lo < c[..., 1]).astype(jnp.uint32)
-  return jnp.stack([c[..., 0] + carry, lo], axis=-1)
+  return count_plus(c, count(x))
 
 
 def count_sum(c: jax.Array) -> jax.Array:
@@ -134,11 +139,8 @@ def _add_stats(a: _Stats, res: LeafResult) -> _Stats:
   top = jnp.maximum(a.e, e)
   wa = jnp.ldexp(jnp.float32(1.0), 2 * (a.e - top))
   wb = jnp.ldexp(jnp.float32(1.0), 2 * (e - top))
-  lo = a.accepted[1] + res.accepted[1]
-  hi = a.accepted[0] + res.accepted[0] + (lo < a.accepted[1]).astype(
-      jnp.uint32)
   return _Stats(a.abs_cos + res.abs_cos, top, a.d2 * wa + d2 * wb,
-                a.g2 * wa + g2 * wb, jnp.stack([hi, lo]))
+                a.g2 * wa + g2 * wb, count_plus(a.accepted, res.accepted))
 
 
 def _relative_change(st: _Stats) -> jax.Array:
@@ -265,11 +267,9 @@ def _select(name: str, updates: Any, params: Any, mask: Any,
   """Flattens ``updates``/``params`` and validates the selected leaves."""
   flat_u, treedef = jax.tree_util.tree_flatten_with_path(updates)
   paths = [_utils.path_to_str(p) for p, _ in flat_u]
-  try:
-    flat_p = treedef.flatten_up_to(params)
-  except (ValueError, TypeError) as e:
-    raise ValueError(f'{name}: params do not have the structure of the '
-                     f'updates: {e}') from e
+  flat_p = _utils.flatten_like(
+      treedef, params, f'{name}: params do not have the structure of the '
+      'updates')
   flags = masks._resolve(mask, params, treedef, paths, name)  # pylint: disable=protected-access
   selected = []
   leaves = zip(flat_u, flat_p, paths, flags, strict=True)

@@ -195,6 +195,17 @@ def path_seed(path_str: str) -> int:
   return zlib.crc32(path_str.encode()) & 0x7FFFFFFF
 
 
+def flatten_like(treedef: Any, tree: Any, message: str) -> list[Any]:
+  """``tree``'s leaves in the order of ``treedef``; ``ValueError`` if not.
+
+  ``message`` says which two trees disagree; the mismatch follows it.
+  """
+  try:
+    return treedef.flatten_up_to(tree)
+  except (ValueError, TypeError) as e:
+    raise ValueError(f'{message}: {e}') from e
+
+
 def leaves_with_paths(tree: Any, is_leaf: Callable[[Any], bool] | None = None):
   """``[(path_str, leaf), ...]`` and the treedef of ``tree``."""
   flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)

@@ -254,11 +254,9 @@ def _begin(name: str, updates: Any, momentum: Any, value: Any,
   """Checks ``value``, flattens updates and momentum, splits the key."""
   f = _check_value(name, value, sdt)
   flat, treedef = jax.tree_util.tree_flatten_with_path(updates)
-  try:
-    mom = treedef.flatten_up_to(momentum)
-  except (ValueError, TypeError) as e:
-    raise ValueError(f'{name}: updates do not have the structure of the '
-                     f'params the state was initialised with: {e}') from e
+  mom = _utils.flatten_like(
+      treedef, momentum, f'{name}: updates do not have the structure of the '
+      'params the state was initialised with')
   paths = [_utils.path_to_str(p) for p, _ in flat]
   _sharding.warn_if_device_local(
       name, [(p, g) for p, (_, g) in zip(paths, flat, strict=True)],

@@ -320,13 +320,9 @@ def correlation_rate(
     True
   """
   n_ax, l_axes, block_size = _check_axes(neuron_axis, layer_axes, block_size)
-  flat_p, treedef = jax.tree_util.tree_flatten(params)
-  try:
-    flat_u = treedef.flatten_up_to(updates)
-  except (ValueError, TypeError) as e:
-    raise ValueError(f'correlation_rate: updates do not have the structure '
-                     f'of params: {e}') from e
-  del flat_p
+  flat_u = _utils.flatten_like(
+      jax.tree_util.tree_structure(params), updates,
+      'correlation_rate: updates do not have the structure of params')
   out = {}
   for i, path, leaf, lay in _selected('correlation_rate', params, mask, n_ax,
                                       l_axes):
