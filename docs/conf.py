@@ -4,7 +4,9 @@ Build: ``pip install -e ".[docs]" && sphinx-build -W -b html docs
 docs/_build/html``; the site is then ``docs/_build/html/index.html``.
 """
 
+import inspect
 import pathlib
+import re
 import shutil
 import sys
 
@@ -26,6 +28,8 @@ extensions = [
     'sphinx.ext.napoleon',
     'sphinx.ext.mathjax',
     'sphinx.ext.viewcode',
+    # MathJax from the site itself, not a CDN: the math renders offline.
+    'sphinx-mathjax-offline',
 ]
 
 # The notebooks are rendered from their stored form (no outputs), never run.
@@ -36,8 +40,21 @@ source_suffix = {'.rst': 'restructuredtext', '.md': 'myst-nb',
                  '.ipynb': 'myst-nb'}
 
 autosummary_generate = False
+# With a module's __all__, 'bysource' follows it: functions first, then the
+# state classes.
 autodoc_member_order = 'bysource'
 autodoc_typehints = 'signature'
+# Type aliases by name, not expanded into their unions (the modules use
+# `from __future__ import annotations`, so annotations reach Sphinx as text).
+autodoc_type_aliases = {
+    'optax.ScalarOrSchedule': 'optax.ScalarOrSchedule',
+    'optax.GradientTransformation': 'optax.GradientTransformation',
+    'optax.GradientTransformationExtraArgs':
+        'optax.GradientTransformationExtraArgs',
+    '_utils.KeyLike': 'KeyLike',
+    'MaskFn': 'MaskFn',
+    'jax.Array': 'jax.Array',
+}
 autodoc_default_options = {'members': True, 'undoc-members': False,
                            'show-inheritance': False}
 napoleon_google_docstring = True
@@ -57,3 +74,40 @@ _NB_DST = ROOT / 'docs' / 'notebooks'
 _NB_DST.mkdir(exist_ok=True)
 for _nb in sorted((ROOT / 'notebooks').glob('*.ipynb')):
   shutil.copyfile(_nb, _NB_DST / _nb.name)
+
+
+# NamedTuple fields are documented by the comment beside them in the class
+# body (``count: jax.Array  # shape=(), int32: steps taken.``); autodoc would
+# otherwise print "Alias for field number 0".
+_FIELD = re.compile(r'^\s+(\w+):[^#]*#\s?(.*)$')
+_MORE = re.compile(r'^\s+#\s*(.*)$')
+
+
+def _field_comments(cls):
+  comments, current = {}, None
+  for line in inspect.getsource(cls).splitlines()[1:]:
+    field, more = _FIELD.match(line), _MORE.match(line)
+    if field:
+      current = field.group(1)
+      comments[current] = [field.group(2).strip()]
+    elif more and current:
+      comments[current].append(more.group(1).strip())
+    else:
+      current = None
+  return {k: ' '.join(v) for k, v in comments.items()}
+
+
+def _document_fields(app, what, name, obj, options, lines):
+  del app, obj, options
+  if what not in ('attribute', 'property') or not lines or not lines[
+      0].startswith('Alias for field number'):
+    return
+  module_name, cls_name, field = name.rsplit('.', 2)
+  cls = getattr(sys.modules[module_name], cls_name)
+  text = _field_comments(cls).get(field)
+  if text:  # a literal |x| would be a reST substitution
+    lines[:] = [text.replace('|', r'\|')]
+
+
+def setup(app):
+  app.connect('autodoc-process-docstring', _document_fields)

@@ -1,5 +1,7 @@
 """KO with a base optimizer in one transformation: ``ko_sgd``, ``ko_adamw``."""
 
+from __future__ import annotations
+
 from collections.abc import Mapping
 from typing import Any
 
@@ -8,6 +10,12 @@ import optax
 
 from kinetix import _utils
 from kinetix import kinetic
+
+__all__ = [
+    'ko_sgd',
+    'ko_adamw',
+    'COLLISIONS',
+]
 
 COLLISIONS = ('soft', 'hard', 'none')
 

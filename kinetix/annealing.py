@@ -14,6 +14,8 @@ References:
   <https://doi.org/10.1038/s41598-021-90144-3>`_, Sci. Rep. 11, 10705, 2021.
 """
 
+from __future__ import annotations
+
 from typing import Any, NamedTuple
 
 import jax
@@ -22,6 +24,13 @@ import optax
 
 from kinetix import _sharding
 from kinetix import _utils
+
+__all__ = [
+    'cool_momentum',
+    'cool_momentum_rho',
+    'CoolMomentumState',
+    'SCHEDULES',
+]
 
 SCHEDULES = ('paper', 'exact', 'linear')
 

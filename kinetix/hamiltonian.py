@@ -28,6 +28,8 @@ References:
   2023.
 """
 
+from __future__ import annotations
+
 import warnings
 from typing import Any, NamedTuple
 
@@ -39,6 +41,15 @@ import optax
 from kinetix import _rng
 from kinetix import _sharding
 from kinetix import _utils
+
+__all__ = [
+    'bbi',
+    'ecdsep',
+    'bbi_energy',
+    'ecdsep_energy',
+    'BBIState',
+    'ECDSepState',
+]
 
 # A bounce threshold at or above this never fires (int32 counters saturate).
 _NEVER = 2**31 - 1

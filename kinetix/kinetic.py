@@ -17,6 +17,8 @@ References:
   Simulation Approaches <https://arxiv.org/abs/2505.14777>`_, 2025.
 """
 
+from __future__ import annotations
+
 import functools
 from typing import Any, NamedTuple
 
@@ -29,6 +31,16 @@ from kinetix import _engine
 from kinetix import _neurons
 from kinetix import _rng
 from kinetix import _utils
+
+__all__ = [
+    'soft_collision',
+    'hard_collision',
+    'SoftCollisionState',
+    'HardCollisionState',
+    'DISTANCE_SCALE',
+    'PAIRINGS',
+    'PARTNERS',
+]
 
 PAIRINGS = ('all', 'disjoint')
 PARTNERS = ('all', 'higher')

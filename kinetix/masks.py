@@ -10,6 +10,8 @@ Paths are the '/'-joined key path of a leaf, e.g. ``params/head/kernel`` for
 Linen and ``head/kernel`` for an NNX ``nnx.state(model, nnx.Param)``.
 """
 
+from __future__ import annotations
+
 import fnmatch
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,6 +21,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from kinetix import _utils
+
+__all__ = [
+    'by_path',
+    'by_ndim',
+    'invert',
+    'all_of',
+    'path_matches',
+    'MaskFn',
+]
 
 MaskFn = Callable[[Any], Any]
 

@@ -26,6 +26,8 @@ References:
   (Sec. 4.1: "neuron similarity" is the largest off-diagonal ``|cos|``).
 """
 
+from __future__ import annotations
+
 from typing import Any
 
 import jax
@@ -35,6 +37,12 @@ from kinetix import _neurons
 from kinetix import _sharding
 from kinetix import _utils
 from kinetix import masks
+
+__all__ = [
+    'condensation',
+    'correlation_rate',
+    'neuron_cosine',
+]
 
 # Largest coefficient block (entries) held at once by `condensation` when no
 # `block_size` is given: 4M float32 = 16 MiB. Layers with N² above it are

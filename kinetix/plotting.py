@@ -14,6 +14,8 @@ depends on (or changes) the active backend: save them with
 'two neurons'
 """
 
+from __future__ import annotations
+
 from collections.abc import Mapping, Sequence
 from typing import Any
 
