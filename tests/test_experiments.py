@@ -168,6 +168,7 @@ def test_bad_option_exits_nonzero(argv, tmp_path, capsys):
     ['digits', '--coll-coef', '1.5'],
     ['condensation', '--activations', 'nope'],
     ['lm', '--methods', 'adamw,sgd'],
+    ['lm', '--methods', 'normed_head@2'],
 ])
 def test_bad_value_returns_nonzero(argv, tmp_path, capsys):
   """One line on stderr naming the command and the allowed values, exit 2,
@@ -185,11 +186,13 @@ def test_lm_quick(tmp_path, capsys):
   """``python -m kinetix lm --quick``: every optimizer, files, statistics."""
   from kinetix.experiments import lm  # pylint: disable=g-import-not-at-top
   out = tmp_path / 'lm'
+  methods = lm.METHODS + lm.SWEEP
+  assert set(lm.Settings().methods) <= set(methods)
   assert cli.main(['lm', '--quick', '--seeds', '1', '--no-progress',
-                   '--out', str(out)]) == 0
+                   '--methods', ','.join(methods), '--out', str(out)]) == 0
   result = _check_outputs(out, 'lm')
   rows = {r['method']: r for r in result['results']}
-  assert list(rows) == list(lm.METHODS)
+  assert list(rows) == list(methods)
   assert 'pydoc_data.topics' in result['data']
   for method, r in rows.items():
     assert len(r['val_bpb_mean']) == len(r['eval_steps'])
@@ -199,6 +202,12 @@ def test_lm_quick(tmp_path, capsys):
         'mean'] <= 1.0
     collides = method != 'adamw'
     assert (r['relative_change']['mean'] > 0.0) == collides, method
+    # Theorem 3.3's diagnostic: one rate per step, for collisions only.
+    assert ('collision_rate' in r) == collides, method
+    if collides:
+      shares = (r['collision_rate']['negative_fraction']['mean']
+                + r['collision_rate']['positive_fraction']['mean'])
+      assert 0.0 < shares <= 1.0, method
     hard = method in ('hard_head', 'disjoint_head')
     if not hard:
       assert r['accepted_fraction']['mean'] == 0.0
@@ -275,3 +284,35 @@ def test_lm_mlp_collision_is_per_stacked_layer():
           atol=2e-6)
   np.testing.assert_array_equal(updates['lm_head']['kernel'],
                                 grads['lm_head']['kernel'])
+
+
+def test_lm_authors_recipe_collides_only_the_last_block():
+  """``last_block`` (the authors' LLM recipe): clipping, then a soft
+  collision on the six kernels of the last stacked block only, then AdamW.
+  Every other layer and leaf gets exactly the update without the collision."""
+  from kinetix.experiments import lm  # pylint: disable=g-import-not-at-top
+  settings = lm.Settings(layers=3, d_model=16, heads=2, context=8,
+                         warmup_steps=0)    # a non-zero first step
+  params = lm.init_params(settings, jax.random.key(0))
+  keys = iter(jax.random.split(jax.random.key(1), 64))
+  grads = jax.tree.map(lambda p: jax.random.normal(next(keys), p.shape),
+                       params)
+  opt = lm.make_optimizer('last_block', settings)
+  updates, _, plain = jax.jit(opt.update)(grads, opt.init(params), params)
+  flat_u = dict(_flat(updates))
+  for path, p in _flat(plain):
+    u = flat_u[path]
+    if path in lm.BLOCK_KERNELS:
+      np.testing.assert_array_equal(u[:-1], p[:-1], err_msg=path)
+      assert not np.allclose(u[-1], p[-1]), path
+    else:
+      np.testing.assert_array_equal(u, p, err_msg=path)
+  view = lm.collided_layers('last_block', params)
+  assert sorted(view) == sorted(k.split('/')[1] for k in lm.BLOCK_KERNELS)
+  assert view['mlp_in'].shape == (1, 16, 64)
+
+
+def _flat(tree):
+  from kinetix import _utils  # pylint: disable=g-import-not-at-top
+  return [(_utils.path_to_str(k), np.asarray(v))
+          for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]]

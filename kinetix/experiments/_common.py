@@ -228,3 +228,93 @@ def run_command(
   print(table.replace(f' ({settings.describe()})', ''))
   print('wrote ' + ', '.join(str(f) for f in files))
   return 0
+
+
+# --------------------------------------------------------------------------
+# Optimizers with a collision, and the collision's own correlation rate
+
+
+class WithCollision:
+  """``pre → collision → base`` as one Optax chain, and the same without it.
+
+  The experiments need both from one optimizer state: the update a
+  collision produces and the update the chain would produce without it (for
+  :func:`collision_rate`). ``pre`` is an optional first step (e.g. gradient
+  clipping); ``collision`` may be ``optax.identity()``.
+  """
+
+  def __init__(self, collision: Any, base: Any, pre: Any = None):
+    import optax  # pylint: disable=g-import-not-at-top
+    self.pre = optax.identity() if pre is None else pre
+    self.collision = collision
+    self.base = base
+    self.tx = optax.chain(self.pre, collision, base)
+
+  def init(self, params: Any) -> Any:
+    return self.tx.init(params)
+
+  def update(self, grads: Any, state: Any, params: Any):
+    """``(updates, new state, plain updates)``: plain skips the collision."""
+    updates, new_state = self.tx.update(grads, state, params)
+    plain, _ = self.pre.update(grads, state[0], params)
+    plain, _ = self.base.update(plain, state[2], params)
+    return updates, new_state, plain
+
+  @staticmethod
+  def collision_state(state: Any) -> Any:
+    """The collision's own state inside the chain's state."""
+    return state[1]
+
+
+def collision_stats(state: Any) -> tuple[Any, Any]:
+  """``(relative_change, accepted_fraction)`` of a collision state (0s)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  coll = WithCollision.collision_state(state)
+  zero = jnp.zeros([], jnp.float32)
+  return (getattr(coll, 'relative_change', zero),
+          getattr(coll, 'accepted_fraction', zero))
+
+
+def collision_rate(params: Any, collided: Any, plain: Any,
+                   view: Callable[[Any], Mapping[str, Any]]) -> Any:
+  """The collision's own Theorem 3.3 rate, averaged over the collided layers.
+
+  ``view(tree)`` picks the collided layers of a tree as ``{name: (L, D, N)
+  array}`` (layers along the leading axis, neurons last). The result is the
+  mean over them of :func:`kinetix.metrics.correlation_rate` along the
+  collided update minus the same along the plain update: ``d/dη`` of the
+  layers' mean ``|cos|`` that the collision adds. Negative: the collision
+  decorrelates the neurons, as the paper's Theorem 3.3 says it should for a
+  small enough learning rate.
+  """
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from kinetix import metrics  # pylint: disable=g-import-not-at-top
+  w = view(params)
+  with_c = metrics.correlation_rate(w, view(collided), layer_axes=0)
+  without = metrics.correlation_rate(w, view(plain), layer_axes=0)
+  return jnp.mean(jnp.stack([with_c[k] - without[k] for k in with_c]))
+
+
+def rate_stats(rates: Any) -> dict[str, Any]:
+  """Per-seed ``(seeds, steps)`` rates → their mean, the share of steps <0.
+
+  Also the share > 0 (a step where a hard collision accepted no pair has a
+  rate of exactly 0, neither).
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  r = np.asarray(rates, np.float64)
+  return {'rate': seed_stats(r.mean(axis=1)),
+          'negative_fraction': seed_stats((r < 0).mean(axis=1)),
+          'positive_fraction': seed_stats((r > 0).mean(axis=1))}
+
+
+RATE_HEADER = "collision's d mean|cos|/dη: mean (steps < 0 / > 0)"
+
+
+def fmt_rate(entry: Mapping[str, Any] | None) -> str:
+  """``'rate (x % / y %)'`` of a :func:`rate_stats` entry; '—' if none."""
+  if entry is None:
+    return '—'
+  return (f"{entry['rate']['mean']:+.1e} "
+          f"({100 * entry['negative_fraction']['mean']:.0f} % / "
+          f"{100 * entry['positive_fraction']['mean']:.0f} %)")

@@ -7,17 +7,19 @@ A two-layer 5-50-1 network fits 80 points of
 
 from the small initialisation :math:`N(0, 0.005^2)` (every parameter) that
 makes neurons *condense* (Zhou et al., 2022), trained full-batch with Adam,
-Adam + soft collision and Adam + hard collision on the hidden layer's kernel.
-We record the cosine similarities of the hidden neurons' input weights (the
-kernel's columns, bias excluded) at every step, for several seeds at once
-(``vmap``; one ``lax.scan`` over steps, no host round trips).
+Adam + soft collision (the paper's, and the authors' norm-matched ``wg_e``
+type) and Adam + hard collision on the hidden layer's kernel. We record the
+cosine similarities of the hidden neurons' input weights (the kernel's
+columns, bias excluded) at every step, and each collision's own
+Theorem 3.3 rate (how much it changes ``d mean|cos| / dη``), for several
+seeds at once (``vmap``; one ``lax.scan`` over steps, no host round trips).
 
 The paper gives neither the learning rate, nor ``coll_coef``, nor the
 number of steps beyond "epoch 100" in Fig. 2: the defaults here are
 ``lr = 5e-4``, 100 full-batch steps (= epochs), ``coll_coef = 0.1`` (the
-authors' code) and the paper's ``distance_scale = 1`` (with weights this
-small, ``exp(-κ|w_i − w_j|) ≈ 1`` for any reasonable κ). Every figure and
-table states them.
+authors' code) and kinetix's default ``distance_scale = 0.05`` (with
+weights this small, ``exp(-κ|w_i − w_j|) ≈ 1`` for the paper's κ = 1 too).
+Every figure and table states them.
 
 Run it with ``python -m kinetix condensation``; programmatic use::
 
@@ -31,14 +33,15 @@ import argparse
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from kinetix.experiments import _common
 
 NAME = 'condensation'
 
-METHODS = ('adam', 'soft', 'hard')
-METHOD_LABELS = {'adam': 'Adam', 'soft': 'Adam + soft', 'hard': 'Adam + hard'}
+METHODS = ('adam', 'soft', 'normed', 'hard')
+METHOD_LABELS = {'adam': 'Adam', 'soft': 'Adam + soft',
+                 'normed': 'Adam + soft, norm-matched', 'hard': 'Adam + hard'}
 
 
 def _activations() -> dict[str, Callable[[Any], Any]]:
@@ -69,7 +72,7 @@ class Settings:
   steps: int = 100
   learning_rate: float = 5e-4
   coll_coef: float = 0.1
-  distance_scale: float = 1.0
+  distance_scale: float = 0.05      # kinetix's default (the authors' code)
   width: int = 50
   input_dim: int = 5
   n_samples: int = 80
@@ -134,8 +137,14 @@ def apply(params, x, activation: Callable[[Any], Any]):
   return h @ params['output']['kernel'] + params['output']['bias']
 
 
-def make_optimizer(method: str, settings: Settings, key: Any = 0):
-  """Adam, preceded by the collision of ``method`` on ``hidden/kernel``."""
+def make_optimizer(method: str, settings: Settings, key: Any = 0
+                   ) -> _common.WithCollision:
+  """Adam, preceded by the collision of ``method`` on ``hidden/kernel``.
+
+  ``normed``: the authors' norm-matched ``wg_e`` type (the repulsion
+  rescaled to ``coll_coef`` times the gradient's norm, diagonal excluded,
+  negative products dropped).
+  """
   import optax  # pylint: disable=g-import-not-at-top
   from kinetix import kinetic, masks  # pylint: disable=g-import-not-at-top
   mask = masks.by_path('hidden/kernel')
@@ -143,6 +152,10 @@ def make_optimizer(method: str, settings: Settings, key: Any = 0):
     collision = optax.identity()
   elif method == 'soft':
     collision = kinetic.soft_collision(settings.coll_coef, mask=mask, key=key)
+  elif method == 'normed':
+    collision = kinetic.soft_collision(
+        settings.coll_coef, mask=mask, key=key, include_self=False,
+        normalize=True, min_similarity=0.0)
   elif method == 'hard':
     n = settings.width
     # All n(n-1)/2 pairs fit the sparse pair list: under vmap over seeds a
@@ -152,7 +165,12 @@ def make_optimizer(method: str, settings: Settings, key: Any = 0):
         distance_scale=settings.distance_scale, max_pairs=n * (n - 1) // 2)
   else:
     raise ValueError(f'unknown method {method!r}')
-  return optax.chain(collision, optax.adam(settings.learning_rate))
+  return _common.WithCollision(collision, optax.adam(settings.learning_rate))
+
+
+def _hidden_view(tree):
+  """The collided layer of a tree: the hidden kernel, ``(1, 5, width)``."""
+  return {'hidden': tree['hidden']['kernel'][None]}
 
 
 def train(activation: str, method: str, settings: Settings) -> dict[str, Any]:
@@ -163,8 +181,10 @@ def train(activation: str, method: str, settings: Settings) -> dict[str, Any]:
     ``mean_abs_cos`` (seeds, steps + 1): the hidden layer's condensation
     before each step and after the last; ``accepted_fraction`` and
     ``relative_change`` (seeds, steps): from the collision state (zeros for
-    Adam); ``final_loss`` (seeds,); ``cosine`` (seeds, width, width): the
-    final cosine matrix.
+    Adam); ``collision_rate`` (seeds, steps): the collision's own
+    Theorem 3.3 rate (:func:`kinetix.experiments._common.collision_rate`,
+    zeros for Adam); ``final_loss`` (seeds,); ``cosine`` (seeds, width,
+    width): the final cosine matrix.
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -191,14 +211,14 @@ def train(activation: str, method: str, settings: Settings) -> dict[str, Any]:
     def step(carry, _):
       params, state = carry
       loss, grads = jax.value_and_grad(loss_fn)(params)
-      updates, state = tx.update(grads, state, params)
-      coll = cast(tuple, state)[0]
-      acc = getattr(coll, 'accepted_fraction', jnp.zeros([], jnp.float32))
-      rel = getattr(coll, 'relative_change', jnp.zeros([], jnp.float32))
-      logs = (loss, *condensation(params), acc, rel)
+      updates, state, plain = tx.update(grads, state, params)
+      rel, acc = _common.collision_stats(state)
+      rate = (jnp.zeros([], jnp.float32) if method == 'adam' else
+              _common.collision_rate(params, updates, plain, _hidden_view))
+      logs = (loss, *condensation(params), acc, rel, rate)
       return (optax.apply_updates(params, updates), state), logs
 
-    (params, _), (loss, mx, mn, acc, rel) = jax.lax.scan(
+    (params, _), (loss, mx, mn, acc, rel, rate) = jax.lax.scan(
         step, (params, state), None, length=settings.steps)
     last_mx, last_mn = condensation(params)
     return {
@@ -208,6 +228,7 @@ def train(activation: str, method: str, settings: Settings) -> dict[str, Any]:
         'mean_abs_cos': jnp.concatenate([mn, last_mn[None]]),
         'accepted_fraction': acc,
         'relative_change': rel,
+        'collision_rate': rate,
         'cosine': metrics.neuron_cosine(params['hidden']['kernel']),
     }
 
@@ -253,6 +274,7 @@ def summarize(results, settings: Settings) -> dict[str, Any]:
       if method != 'adam':
         entry['relative_change'] = _common.seed_stats(
             r['relative_change'].mean(axis=1))
+        entry['collision_rate'] = _common.rate_stats(r['collision_rate'])
       if method == 'hard':
         entry['accepted_fraction'] = _common.seed_stats(
             r['accepted_fraction'].mean(axis=1))
@@ -273,6 +295,7 @@ def markdown(summary: dict[str, Any]) -> str:
           _common.fmt_stat(e['mean_abs_cos']),
           _common.fmt_stat(e['final_loss'], 2),
           '—' if acc is None else f"{100 * acc['mean']:.2f} %",
+          _common.fmt_rate(e.get('collision_rate')),
       ])
   init = next(iter(next(iter(summary['results'].values())).values()))
   text = (f'Condensation of the hidden layer after {s.steps} steps '
@@ -281,7 +304,8 @@ def markdown(summary: dict[str, Any]) -> str:
           f"mean |cos| = {init['init_mean_abs_cos']['mean']:.3f}.\n\n")
   text += _common.markdown_table(
       ['activation', 'optimizer', 'max |cos|', 'mean |cos|', 'final MSE',
-       'hard: pairs accepted / step'], rows)
+       'hard: pairs accepted / step',
+       _common.RATE_HEADER], rows)
   if 'runtime_s' in summary:
     text += f"\nRun time: {summary['runtime_s']:.1f} s.\n"
   return text
@@ -377,7 +401,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--activations', default=','.join(d.activations),
                       help=f'comma-separated, from: {", ".join(ACTIVATIONS)}')
   parser.add_argument('--methods', default=','.join(d.methods),
-                      help='comma-separated, from: adam, soft, hard')
+                      help=f'comma-separated, from: {", ".join(METHODS)}')
   parser.add_argument('--steps', type=_common.positive_int, default=None,
                       help=f'full-batch Adam steps (= epochs) (default: '
                            f'{d.steps}; --quick: 10)')

@@ -11,13 +11,14 @@ standardise the 64 pixels with the training set's mean and std, and train
   :func:`conv3x3`), a 2×2 average pool to 4×4×32, and a dense head 512-10,
 
 with AdamW (lr 1e-3, weight decay 1e-4) and SGD (lr 0.05, momentum 0.9),
-each plain, preceded by a soft collision, or preceded by a hard collision
+each plain, preceded by a soft collision (the paper's, and the authors'
+norm-matched ``wg_e`` type), or preceded by a hard collision
 (``optax.chain(collision, base)``) on the classifier head's kernel only
 (``masks.by_path('head/kernel')``: its 10 neurons are the class columns).
-Both collisions use ``coll_coef = 0.1``; the hard one uses the authors'
-code's ``distance_scale = 0.05``, since with the paper's 1.0 the head's
-neurons (about 1.4 apart) never pass the acceptance test and the run is
-identical to the plain one.
+The collisions use ``coll_coef = 0.1``; the hard one kinetix's default
+``distance_scale = 0.05`` (the authors' code), since with the paper's 1.0
+the head's neurons (about 1.4 apart) never pass the acceptance test and the
+run is identical to the plain one.
 
 All seeds of one configuration run in one computation (``vmap``); the
 minibatch steps (batch 64, reshuffled every epoch with the seed's key, the
@@ -27,7 +28,10 @@ initialisation, the shuffling and the collisions' randomness; the split is
 the same for every seed. We report the held-out accuracy, the final loss on
 the whole training set, and the condensation of the head (max/mean ``|cos|``
 between its neurons, :func:`kinetix.metrics.condensation`), mean ± std over
-seeds, and for hard collisions the mean fraction of accepted pairs.
+seeds, for hard collisions the mean fraction of accepted pairs, and for
+every collision its own Theorem 3.3 rate: how much it changes
+``d mean|cos| / dη`` of the head at each step, and on how many steps that
+change is negative (decorrelating).
 
 Run it with ``python -m kinetix digits``; programmatic use::
 
@@ -41,7 +45,7 @@ import argparse
 import dataclasses
 import functools
 import time
-from typing import Any, cast
+from typing import Any
 
 from kinetix.experiments import _common
 import itertools
@@ -50,10 +54,11 @@ NAME = 'digits'
 
 MODELS = ('mlp', 'cnn')
 OPTIMIZERS = ('adamw', 'sgd')
-METHODS = ('none', 'soft', 'hard')
+METHODS = ('none', 'soft', 'normed', 'hard')
 MODEL_LABELS = {'mlp': 'MLP', 'cnn': 'CNN'}
 OPTIMIZER_LABELS = {'adamw': 'AdamW', 'sgd': 'SGD'}
-METHOD_LABELS = {'none': 'no collision', 'soft': '+ soft', 'hard': '+ hard'}
+METHOD_LABELS = {'none': 'no collision', 'soft': '+ soft',
+                 'normed': '+ soft, norm-matched', 'hard': '+ hard'}
 NUM_CLASSES = 10
 
 
@@ -210,7 +215,7 @@ def apply(params, x, model: str):
 
 
 def make_optimizer(optimizer: str, method: str, settings: Settings,
-                   key: Any = 0):
+                   key: Any = 0) -> _common.WithCollision:
   """AdamW or SGD after the collision of ``method`` on the head.
 
   ``key``: the collision's key, an int seed or a ``jax.random.key``.
@@ -228,6 +233,10 @@ def make_optimizer(optimizer: str, method: str, settings: Settings,
     collision = optax.identity()
   elif method == 'soft':
     collision = kinetic.soft_collision(settings.coll_coef, mask=mask, key=key)
+  elif method == 'normed':
+    collision = kinetic.soft_collision(
+        settings.coll_coef, mask=mask, key=key, include_self=False,
+        normalize=True, min_similarity=0.0)
   elif method == 'hard':
     n = NUM_CLASSES
     # All n(n-1)/2 pairs fit the sparse pair list: under vmap over seeds a
@@ -237,7 +246,12 @@ def make_optimizer(optimizer: str, method: str, settings: Settings,
         distance_scale=settings.distance_scale, max_pairs=n * (n - 1) // 2)
   else:
     raise ValueError(f'unknown method {method!r}')
-  return optax.chain(collision, base)
+  return _common.WithCollision(collision, base)
+
+
+def _head_view(tree):
+  """The collided layer of a tree: the head kernel, ``(1, D, 10)``."""
+  return {'head': tree['head']['kernel'][None]}
 
 
 def train(model: str, optimizer: str, method: str, settings: Settings, *,
@@ -252,7 +266,10 @@ def train(model: str, optimizer: str, method: str, settings: Settings, *,
     (whole training set, after the last step), ``max_abs_cos`` and
     ``mean_abs_cos`` of the head kernel at the end, ``init_mean_abs_cos``
     at initialisation, ``accepted_fraction`` (mean over steps; zeros without
-    hard collision), all ``(seeds,)``; ``epoch_loss`` (mean minibatch loss)
+    hard collision), all ``(seeds,)``; ``collision_rate`` ``(seeds,
+    steps)``, the collision's own Theorem 3.3 rate at each step
+    (:func:`kinetix.experiments._common.collision_rate`; zeros without a
+    collision); ``epoch_loss`` (mean minibatch loss)
     and ``epoch_test_accuracy`` (after each epoch), ``(seeds, epochs)``.
   """
   import jax  # pylint: disable=g-import-not-at-top
@@ -291,21 +308,22 @@ def train(model: str, optimizer: str, method: str, settings: Settings, *,
       params, state = carry
       loss, grads = jax.value_and_grad(loss_fn)(params, x_train[idx],
                                                 y_train[idx])
-      updates, state = tx.update(grads, state, params)
-      acc = getattr(cast(tuple, state)[0], 'accepted_fraction',
-                    jnp.zeros([], jnp.float32))
-      return (optax.apply_updates(params, updates), state), (loss, acc)
+      updates, state, plain = tx.update(grads, state, params)
+      _, acc = _common.collision_stats(state)
+      rate = (jnp.zeros([], jnp.float32) if method == 'none' else
+              _common.collision_rate(params, updates, plain, _head_view))
+      return (optax.apply_updates(params, updates), state), (loss, acc, rate)
 
     def epoch(carry, e):
       perm = jax.random.permutation(jax.random.fold_in(shuffle_key, e),
                                     n_train)
       batches = perm[:steps_per_epoch * batch].reshape(steps_per_epoch, batch)
-      carry, (loss, acc) = jax.lax.scan(step, carry, batches)
+      carry, (loss, acc, rate) = jax.lax.scan(step, carry, batches)
       return carry, (loss.mean(), acc.mean(),
-                     accuracy(carry[0], x_test, y_test))
+                     accuracy(carry[0], x_test, y_test), rate)
 
     _, init_mean = head_condensation(params)
-    (params, _), (epoch_loss, accepted, epoch_acc) = jax.lax.scan(
+    (params, _), (epoch_loss, accepted, epoch_acc, rate) = jax.lax.scan(
         epoch, (params, state), jnp.arange(settings.epochs))
     max_cos, mean_cos = head_condensation(params)
     return {
@@ -318,6 +336,7 @@ def train(model: str, optimizer: str, method: str, settings: Settings, *,
         'accepted_fraction': accepted.mean(),
         'epoch_loss': epoch_loss,
         'epoch_test_accuracy': epoch_acc,
+        'collision_rate': rate.reshape(-1),
     }
 
   # The data are arguments, not closed-over constants: XLA would otherwise
@@ -380,6 +399,8 @@ def summarize(results, settings: Settings) -> dict[str, Any]:
     }
     if method == 'hard':
       entry['accepted_fraction'] = _common.seed_stats(r['accepted_fraction'])
+    if method != 'none':
+      entry['collision_rate'] = _common.rate_stats(r['collision_rate'])
     rows.append(entry)
   x_train, _, x_test, _ = load_data(settings.test_fraction, settings.data_seed)
   return {'settings': dataclasses.asdict(settings),
@@ -403,6 +424,7 @@ def markdown(summary: dict[str, Any]) -> str:
         _common.fmt_stat(e['head_max_abs_cos']),
         _common.fmt_stat(e['head_mean_abs_cos']),
         '—' if acc is None else f"{100 * acc['mean']:.2f} %",
+        _common.fmt_rate(e.get('collision_rate')),
     ])
   data = summary['data']
   text = (f"scikit-learn digits ({data['train']} train / {data['test']} test "
@@ -421,7 +443,8 @@ def markdown(summary: dict[str, Any]) -> str:
   text += _common.markdown_table(
       ['model', 'optimizer', 'collision', 'test accuracy (%)',
        'final train loss', 'head max |cos|', 'head mean |cos|',
-       'hard: accepted / tested pairs'], rows)
+       'hard: accepted / tested pairs',
+       _common.RATE_HEADER], rows)
   text += '\n' + _verdict(summary) + '\n'
   if 'runtime_s' in summary:
     text += f"\nRun time: {summary['runtime_s']:.1f} s.\n"
@@ -439,7 +462,7 @@ def _verdict(summary: dict[str, Any]) -> str:
     if plain is None:
       continue
     parts = []
-    for method in ('soft', 'hard'):
+    for method in ('soft', 'normed', 'hard'):
       if method not in by_method:
         continue
       e = by_method[method]

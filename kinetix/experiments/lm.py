@@ -11,33 +11,49 @@ offline:
   by topic, so no validation text appears in training. Bytes are the tokens
   (vocabulary 256). ``--text PATH`` trains on any UTF-8 file instead (its
   last 10 % validate).
-* **Model.** Pre-LayerNorm blocks (causal multi-head attention, an MLP
-  4× wide with GELU), learned positions, an untied ``lm_head``. The blocks
-  are created with ``nnx.vmap`` and applied with ``nnx.scan``, so every
-  block kernel has a leading layer axis: ``blocks/mlp_in/kernel`` is
+* **Model.** Pre-LayerNorm blocks (causal multi-head attention with
+  separate query, key, value and output projections, as in Qwen2, and an
+  MLP 4× wide with GELU), learned positions, an untied ``lm_head``. The
+  blocks are created with ``nnx.vmap`` and applied with ``nnx.scan``, so
+  every block kernel has a leading layer axis: ``blocks/mlp_in/kernel`` is
   ``(layers, d_model, 4·d_model)``, and a collision on it needs
   ``layer_axes=0`` (each layer's neurons collide among themselves).
-* **Optimizers** (nanoGPT's AdamW: betas 0.9/0.95, weight decay 0.1 on the
-  matrices only, not on norms, biases or embeddings; linear warm-up then
-  cosine decay to a tenth of the peak), each over several seeds:
+* **Optimizers** (nanoGPT's: the gradient's global norm clipped at 1, then
+  AdamW with betas 0.9/0.95, weight decay 0.1 on the matrices only, not on
+  norms, biases or embeddings; linear warm-up then cosine decay to a tenth
+  of the peak), each over several seeds, every collision between the
+  clipping and AdamW:
 
   - ``adamw``: AdamW alone;
   - ``soft_head``: soft collision on ``lm_head/kernel`` (its 256 byte
-    neurons, 128 features each) → AdamW;
+    neurons, 128 features each);
+  - ``normed_head``: the authors' norm-matched soft collision (``wg_e``:
+    ``include_self=False, normalize=True, min_similarity=0.0``) on
+    ``lm_head/kernel``;
   - ``hard_head`` / ``disjoint_head``: hard collision on ``lm_head/kernel``,
     ``pairing="all"`` (every one of the 32,640 pairs tested) and
     ``"disjoint"`` (a random perfect matching per step);
   - ``soft_mlp``: soft collision on every stacked MLP kernel
-    (``blocks/mlp_in/kernel``, ``blocks/mlp_out/kernel``, ``layer_axes=0``).
+    (``blocks/mlp_in/kernel``, ``blocks/mlp_out/kernel``, ``layer_axes=0``);
+  - ``last_block``: the authors' own LLM recipe (their nanoGPT
+    ``train.py``): soft collision ``wg`` with ``min_similarity=0.0`` and
+    ``noise_scale=1e-4`` on the attention and MLP kernels of the last block
+    only (``layer_axes=0, layers=-1``).
+
+  ``METHOD@C`` runs a method with ``coll_coef = C`` (the default run sweeps
+  the coefficient of one variant this way).
 
 * **Measured.** Validation loss in bits per byte (natural-log loss /
   ln 2) along the run on fixed validation windows and at the end on all of
   them; the condensation (max/mean ``|cos|``,
   :func:`kinetix.metrics.condensation`) of the ``lm_head`` neurons and of
   the MLP neurons (per layer, averaged); the collision statistics from the
-  optimizer state (``relative_change``, ``accepted_fraction``); and the time
-  per step of each optimizer relative to AdamW (the training program alone:
-  compilation and evaluation excluded).
+  optimizer state (``relative_change``, ``accepted_fraction``); each
+  collision's own Theorem 3.3 rate at every step
+  (:func:`kinetix.experiments._common.collision_rate` on the collided
+  layers); and the time per step of each optimizer relative to AdamW (the
+  training program alone: compilation and evaluation excluded; every
+  method computes the update without its collision too, for the rate).
 
 Seeds run one after another through the same compiled training program
 (a ``lax.scan`` over steps, no host round trips; under ``vmap`` the hard
@@ -61,31 +77,68 @@ import math
 import pathlib
 import sys
 import time
-from typing import Any, cast
+from typing import Any
 
 from kinetix.experiments import _common
 
 NAME = 'lm'
 
-METHODS = ('adamw', 'soft_head', 'hard_head', 'disjoint_head', 'soft_mlp')
+METHODS = ('adamw', 'soft_head', 'normed_head', 'hard_head', 'disjoint_head',
+           'soft_mlp', 'last_block')
 METHOD_LABELS = {
     'adamw': 'AdamW',
     'soft_head': '+ soft (lm_head)',
+    'normed_head': '+ soft, norm-matched (lm_head)',
     'hard_head': '+ hard, all pairs (lm_head)',
     'disjoint_head': '+ hard, disjoint (lm_head)',
     'soft_mlp': '+ soft (MLP kernels, layer_axes=0)',
+    'last_block': "+ soft, authors' recipe (last block)",
 }
+# The default run: every method but ``soft_mlp`` (the authors' recipe
+# collides the MLP of the last block), and a sweep of the coefficient of the
+# norm-matched head collision, whose strength ``c`` sets alone.
+DEFAULT_METHODS = ('adamw', 'soft_head', 'normed_head', 'hard_head',
+                   'disjoint_head', 'last_block')
+SWEEP = ('normed_head@0.03', 'normed_head@0.3')
 VOCAB = 256
 HEAD = 'lm_head/kernel'
 MLP_KERNELS = ('blocks/mlp_in/kernel', 'blocks/mlp_out/kernel')
+BLOCK_KERNELS = tuple(f'blocks/{name}/kernel' for name in (
+    'attn_q', 'attn_k', 'attn_v', 'attn_out', 'mlp_in', 'mlp_out'))
 # Leaves AdamW does not decay (nanoGPT): embeddings, norms and biases.
 NO_DECAY = ('tok_emb/embedding', 'pos_emb/embedding')
+
+
+def parse_method(method: str, coll_coef: float) -> tuple[str, float]:
+  """``(name, coll_coef)`` of ``'name'`` or ``'name@C'`` (``ValueError``)."""
+  name, _, coef = method.partition('@')
+  if name not in METHODS:
+    raise ValueError(f'unknown method {method!r}; choose from '
+                     f'{", ".join(METHODS)} (NAME@C sets its coll_coef)')
+  if not coef:
+    return name, coll_coef
+  if name == 'adamw':
+    raise ValueError(f'{method!r}: adamw has no collision coefficient')
+  try:
+    c = float(coef)
+  except ValueError:
+    raise ValueError(f'{method!r}: the coefficient after @ must be a '
+                     f'number') from None
+  if not 0.0 <= c <= 1.0:
+    raise ValueError(f'{method!r}: coll_coef must be in [0, 1]')
+  return name, c
+
+
+def method_label(method: str) -> str:
+  """The table's label of ``'name'`` or ``'name@C'``."""
+  name, _, coef = method.partition('@')
+  return METHOD_LABELS[name] + (f', c = {coef}' if coef else '')
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """Everything that defines one run (written into the JSON and figures)."""
-  methods: tuple[str, ...] = METHODS
+  methods: tuple[str, ...] = DEFAULT_METHODS + SWEEP
   seeds: int = 3
   steps: int = 300
   layers: int = 4
@@ -98,6 +151,7 @@ class Settings:
   b1: float = 0.9
   b2: float = 0.95
   weight_decay: float = 0.1
+  grad_clip: float = 1.0           # nanoGPT's; 0 for none
   coll_coef: float = 0.1
   # The authors' code's κ (as in the digits experiment): with the paper's
   # κ = 1, the lm_head's neurons (|w_i − w_j| ≈ 0.3 at initialisation) damp
@@ -112,9 +166,11 @@ class Settings:
     if not self.methods:
       raise ValueError(f'no method chosen; choose from {", ".join(METHODS)}')
     for m in self.methods:
-      if m not in METHODS:
-        raise ValueError(f'unknown method {m!r}; choose from '
-                         f'{", ".join(METHODS)}')
+      parse_method(m, self.coll_coef)
+    if len(set(self.methods)) != len(self.methods):
+      raise ValueError(f'methods repeat: {self.methods}')
+    if self.grad_clip < 0:
+      raise ValueError(f'grad_clip must be >= 0; got {self.grad_clip}')
     for field in ('seeds', 'steps', 'layers', 'd_model', 'heads', 'context',
                   'batch_size', 'eval_every', 'eval_windows'):
       if getattr(self, field) < 1:
@@ -136,8 +192,9 @@ class Settings:
             f'{self.d_model}, {self.heads} heads, context {self.context}, '
             f'batch {self.batch_size}, {self.steps} steps; AdamW lr '
             f'{self.learning_rate:g} (warm-up {self.warmup_steps}, cosine), '
-            f'betas {self.b1:g}/{self.b2:g}, wd {self.weight_decay:g}; '
-            f'collisions coll_coef {self.coll_coef:g}, hard distance_scale '
+            f'betas {self.b1:g}/{self.b2:g}, wd {self.weight_decay:g}, '
+            f'grad clip {self.grad_clip:g}; collisions coll_coef '
+            f'{self.coll_coef:g}, hard distance_scale '
             f'{self.distance_scale:g}; {self.seeds} seeds')
 
 
@@ -227,15 +284,21 @@ def make_model(settings: Settings, key: Any = 0):
 
     def __init__(self, rngs: nnx.Rngs):
       self.ln1 = nnx.LayerNorm(d, rngs=rngs)
-      self.attn = nnx.MultiHeadAttention(
-          num_heads=heads, in_features=d, decode=False, kernel_init=init,
-          out_kernel_init=out_init, rngs=rngs)
+      self.attn_q = nnx.Linear(d, d, kernel_init=init, rngs=rngs)
+      self.attn_k = nnx.Linear(d, d, kernel_init=init, rngs=rngs)
+      self.attn_v = nnx.Linear(d, d, kernel_init=init, rngs=rngs)
+      self.attn_out = nnx.Linear(d, d, kernel_init=out_init, rngs=rngs)
       self.ln2 = nnx.LayerNorm(d, rngs=rngs)
       self.mlp_in = nnx.Linear(d, 4 * d, kernel_init=init, rngs=rngs)
       self.mlp_out = nnx.Linear(4 * d, d, kernel_init=out_init, rngs=rngs)
 
     def __call__(self, x, mask):
-      x = x + self.attn(self.ln1(x), mask=mask)
+      h = self.ln1(x)
+      split = lambda y: y.reshape(*y.shape[:-1], heads, d // heads)  # noqa: E731
+      att = nnx.dot_product_attention(
+          split(self.attn_q(h)), split(self.attn_k(h)), split(self.attn_v(h)),
+          mask=mask)
+      x = x + self.attn_out(att.reshape(x.shape))
       return x + self.mlp_out(jax.nn.gelu(self.mlp_in(self.ln2(x))))
 
   class GPT(nnx.Module):
@@ -291,10 +354,16 @@ def merge_model(graphdef, params, rest):
   return nnx.merge(graphdef, state, rest)
 
 
-def make_optimizer(method: str, settings: Settings, key: Any = 0):
-  """The collision of ``method`` → nanoGPT's AdamW (warm-up + cosine)."""
+def make_optimizer(method: str, settings: Settings, key: Any = 0
+                   ) -> _common.WithCollision:
+  """Clipping → the collision of ``method`` → nanoGPT's AdamW.
+
+  ``method``: a name of :data:`METHODS`, or ``'name@C'`` for
+  ``coll_coef = C``.
+  """
   import optax  # pylint: disable=g-import-not-at-top
   from kinetix import kinetic, masks  # pylint: disable=g-import-not-at-top
+  method, c = parse_method(method, settings.coll_coef)
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, settings.learning_rate, settings.warmup_steps, settings.steps,
       end_value=settings.learning_rate / 10)
@@ -302,11 +371,14 @@ def make_optimizer(method: str, settings: Settings, key: Any = 0):
   adamw = optax.adamw(schedule, b1=settings.b1, b2=settings.b2,
                       weight_decay=settings.weight_decay, mask=decay)
   head = masks.by_path(HEAD)
-  c = settings.coll_coef
   if method == 'adamw':
     collision = optax.identity()
   elif method == 'soft_head':
     collision = kinetic.soft_collision(c, mask=head, key=key)
+  elif method == 'normed_head':
+    collision = kinetic.soft_collision(
+        c, mask=head, key=key, include_self=False, normalize=True,
+        min_similarity=0.0)
   elif method in ('hard_head', 'disjoint_head'):
     collision = kinetic.hard_collision(
         c, mask=head, key=key, distance_scale=settings.distance_scale,
@@ -314,10 +386,24 @@ def make_optimizer(method: str, settings: Settings, key: Any = 0):
   elif method == 'soft_mlp':
     collision = kinetic.soft_collision(c, mask=masks.by_path(*MLP_KERNELS),
                                        layer_axes=0, key=key)
-  else:
-    raise ValueError(f'unknown method {method!r}; choose from '
-                     f'{", ".join(METHODS)}')
-  return optax.chain(collision, adamw)
+  else:  # 'last_block', the authors' LLM recipe
+    collision = kinetic.soft_collision(
+        c, mask=masks.by_path(*BLOCK_KERNELS), layer_axes=0, layers=-1,
+        min_similarity=0.0, noise_scale=1e-4, key=key)
+  clip = (optax.clip_by_global_norm(settings.grad_clip)
+          if settings.grad_clip > 0 else None)
+  return _common.WithCollision(collision, adamw, pre=clip)
+
+
+def collided_layers(method: str, tree: Any) -> dict[str, Any]:
+  """The layers ``method`` collides, as ``{name: (L, D, N)}`` arrays."""
+  name = method.partition('@')[0]
+  if name == 'soft_mlp':
+    return {k: tree['blocks'][k]['kernel'] for k in ('mlp_in', 'mlp_out')}
+  if name == 'last_block':
+    return {k.split('/')[1]: tree['blocks'][k.split('/')[1]]['kernel'][-1:]
+            for k in BLOCK_KERNELS}
+  return {'lm_head': tree['lm_head']['kernel'][None]}
 
 
 # --------------------------------------------------------------------------
@@ -409,11 +495,15 @@ def lower_training(settings: Settings, train_bytes):
     data_key = jax.random.fold_in(key, 2)
 
     def branch(k):
+      method = settings.methods[k]
+
       def update(grads, states, params):
-        updates, state = txs[k].update(grads, states[k], params)
-        first = cast(tuple, state)[0]
-        stats = (getattr(first, 'relative_change', jnp.zeros([])),
-                 getattr(first, 'accepted_fraction', jnp.zeros([])))
+        updates, state, plain = txs[k].update(grads, states[k], params)
+        rate = (jnp.zeros([], jnp.float32) if method == 'adamw' else
+                _common.collision_rate(
+                    params, updates, plain,
+                    functools.partial(collided_layers, method)))
+        stats = (*_common.collision_stats(state), rate)
         return updates, (*states[:k], state, *states[k + 1:]), stats
       return update
 
@@ -445,10 +535,10 @@ def lower_training(settings: Settings, train_bytes):
     # The initialisation first: evaluations at steps 0, eval_every, ...
     snapshots = jax.tree.map(
         lambda p0, ps: jnp.concatenate([p0[None], ps]), params, snapshots)
-    loss, rel, acc, active = (x.reshape(-1) for x in logs)
+    loss, rel, acc, rate, active = (x.reshape(-1) for x in logs)
     return {'snapshots': snapshots, 'train_loss': loss,
             'relative_change': rel, 'accepted_fraction': acc,
-            'active': active}
+            'collision_rate': rate, 'active': active}
 
   zero = jnp.zeros([], jnp.int32)
   return jax.jit(run).lower(zero, zero, train_bytes)
@@ -537,7 +627,8 @@ def run_seeds(run, settings: Settings, train_bytes, evaluate,
         jax.tree.map(lambda x: x[-1], snapshots))
     res = jax.device_get(res)
     active = np.asarray(res.pop('active'), bool)
-    for k in ('train_loss', 'relative_change', 'accepted_fraction'):
+    for k in ('train_loss', 'relative_change', 'accepted_fraction',
+              'collision_rate'):
       res[k] = np.asarray(res[k])[active]
     for k, v in res.items():
       out.setdefault(k, []).append(np.asarray(v))
@@ -634,6 +725,8 @@ def summarize(results, settings: Settings) -> dict[str, Any]:
         'step_seconds': r['step_seconds'],
         'step_time_vs_adamw': (r['step_seconds'] / base) if base else None,
     }
+    if method != 'adamw':
+      entry['collision_rate'] = _common.rate_stats(r['collision_rate'])
     rows.append(entry)
   return {'settings': dataclasses.asdict(settings), 'data': results['_data'],
           'compile_seconds': results['_compile_s'], 'results': rows}
@@ -644,16 +737,18 @@ def markdown(summary: dict[str, Any]) -> str:
   s = _common.settings_from_json(Settings, summary['settings'])
   rows = []
   for e in summary['results']:
-    hard = e['method'] in ('hard_head', 'disjoint_head')
-    collides = e['method'] != 'adamw'
+    name = e['method'].partition('@')[0]
+    hard = name in ('hard_head', 'disjoint_head')
+    collides = name != 'adamw'
     ratio = e['step_time_vs_adamw']
     rows.append([
-        METHOD_LABELS[e['method']],
+        method_label(e['method']),
         _common.fmt_stat(e['final_val_bpb']),
         _common.fmt_stat(e['head_mean_abs_cos']),
         _common.fmt_stat(e['mlp_mean_abs_cos']),
         _common.fmt_stat(e['relative_change'], 4) if collides else '—',
         f"{100 * e['accepted_fraction']['mean']:.3f} %" if hard else '—',
+        _common.fmt_rate(e.get('collision_rate')),
         '—' if ratio is None else f'{ratio:.2f}×',
     ])
   init = summary['results'][0]
@@ -665,13 +760,16 @@ def markdown(summary: dict[str, Any]) -> str:
           f"{init['init_head_mean_abs_cos']['mean']:.3f} and "
           f"{init['init_mlp_mean_abs_cos']['mean']:.3f}); relative change: "
           "|Δg| / |g| of the collided leaves, mean over steps; accepted: "
-          'pairs collided / pairs tested, mean over steps; time per step '
-          'relative to AdamW (the training program alone: compilation and '
-          'evaluation excluded; this machine).\n\n')
+          'pairs collided / pairs tested, mean over steps; rate: the '
+          "collision's own d mean|cos|/dη of the layers it collides "
+          '(Theorem 3.3; negative = decorrelating), mean over steps, and '
+          'the share of steps where it is negative / positive; time per step '
+          'relative to AdamW (the training program alone, with the '
+          'diagnostics: compilation and evaluation excluded).\n\n')
   text += _common.markdown_table(
       ['optimizer', 'val bits/byte', 'lm_head mean |cos|',
        'MLP mean |cos|', 'relative change', 'hard: accepted',
-       'time / step'], rows)
+       _common.RATE_HEADER, 'time / step'], rows)
   if 'runtime_s' in summary:
     text += f"\nRun time: {summary['runtime_s']:.0f} s.\n"
   return text
@@ -687,15 +785,15 @@ def curves_figure(summary: dict[str, Any], results):
   ax_loss, ax_head, ax_mlp = fig.subplots(1, 3)
   steps = summary['results'][0]['eval_steps']
   plotting.training_curves(
-      {METHOD_LABELS[m]: results[m]['val_bpb'] for m in s.methods}, ax_loss,
+      {method_label(m): results[m]['val_bpb'] for m in s.methods}, ax_loss,
       x=steps, ylabel='validation bits / byte', title='validation loss')
   ax_loss.legend(fontsize=7)
   plotting.training_curves(
-      {METHOD_LABELS[m]: results[m]['condensation'][:, :, 1]
+      {method_label(m): results[m]['condensation'][:, :, 1]
        for m in s.methods}, ax_head, x=steps,
       ylabel='mean |cos|', title='lm_head neurons')
   plotting.training_curves(
-      {METHOD_LABELS[m]: results[m]['condensation'][:, :, 3]
+      {method_label(m): results[m]['condensation'][:, :, 3]
        for m in s.methods}, ax_mlp, x=steps,
       ylabel='mean |cos|', title='MLP neurons (per layer)')
   fig.suptitle(textwrap.fill(s.describe(), 150), fontsize=8)
@@ -710,7 +808,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   """The options of ``python -m kinetix lm``."""
   d = Settings()
   parser.add_argument('--methods', default=','.join(d.methods),
-                      help=f'comma-separated, from: {", ".join(METHODS)}')
+                      help=f'comma-separated, from: {", ".join(METHODS)}; '
+                           'NAME@C runs NAME with coll_coef C')
   parser.add_argument('--steps', type=_common.positive_int, default=None,
                       help=f'training steps (default: {d.steps}; --quick: 20)')
   parser.add_argument('--layers', type=_common.positive_int, default=None,
@@ -729,6 +828,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help='peak AdamW learning rate')
   parser.add_argument('--coll-coef', type=float, default=d.coll_coef,
                       help='collision coefficient c (soft and hard)')
+  parser.add_argument('--grad-clip', type=float, default=d.grad_clip,
+                      help='clip the global gradient norm at this (0: none)')
   parser.add_argument('--distance-scale', type=float,
                       default=d.distance_scale,
                       help='hard collision kappa in exp(-kappa |w_i - w_j|)')
@@ -752,7 +853,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
       context=args.context or (32 if quick else d.context),
       batch_size=args.batch_size or (8 if quick else d.batch_size),
       learning_rate=args.lr, coll_coef=args.coll_coef,
-      distance_scale=args.distance_scale,
+      grad_clip=args.grad_clip, distance_scale=args.distance_scale,
       warmup_steps=min(d.warmup_steps, steps // 10),
       eval_every=min(d.eval_every, max(1, steps // 4)),
       eval_windows=16 if quick else d.eval_windows,
