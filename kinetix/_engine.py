@@ -337,10 +337,11 @@ def _run_group(collision: Collision, group: list[_Leaf], us: list[Any],
   """Collides the leaves of one group; returns their updates and ``totals``.
 
   One leaf is collided directly. Several are stacked (one copy of their
-  weights and gradients) and collided by one ``lax.scan`` over the stack:
-  one traced and compiled body per layout, the statistics summed in its
-  carry, and the temporaries of one leaf live at a time (a ``vmap`` would
-  hold every leaf's ``N×N`` matrices at once).
+  weights and gradients) and collided by one loop over the stack: one
+  traced and compiled body per layout, the statistics summed in its carry,
+  each result written in place over its gradient, and the temporaries of
+  one leaf live at a time (a ``vmap`` would hold every leaf's ``N×N``
+  matrices at once).
 
   The group's computation is one ``jax.jit`` function, kept in ``cache``
   per group: an eager ``update`` runs it as one compiled program (cached
@@ -367,10 +368,20 @@ def _run_group(collision: Collision, group: list[_Leaf], us: list[Any],
       totals, new = one(totals, ws[0], gs[0], keys[0], coef)
       news = [new]
     else:
-      totals, stacked = jax.lax.scan(
-          lambda t, x: one(t, *x, coef), totals,
-          (jnp.stack(ws), jnp.stack(gs), keys))
-      news = [stacked[k] for k in range(len(group))]
+      # The stacked gradients are the loop's carry, each leaf's result
+      # written over its own gradient: updated in place, so the group holds
+      # one stacked copy of the weights and one of the gradients, no third
+      # buffer for the results.
+      w_all = jnp.stack(ws)
+
+      def body(k, carry):
+        totals, g_all = carry
+        totals, new = one(totals, w_all[k], g_all[k], keys[k], coef)
+        return totals, jax.lax.dynamic_update_index_in_dim(g_all, new, k, 0)
+
+      totals, g_all = jax.lax.fori_loop(0, len(group), body,
+                                        (totals, jnp.stack(gs)))
+      news = [g_all[k] for k in range(len(group))]
     return tuple(_put_layers(u, new, leaf) for u, new, leaf in
                  zip(u_leaves, news, group, strict=True)), totals
 
