@@ -147,6 +147,26 @@ def explicit_mesh(*xs: Any) -> Any:
   return None
 
 
+# The oldest JAX with what Explicit mesh axes need here: auto_axes and
+# use_abstract_mesh in jax.sharding.
+EXPLICIT_AXES_JAX = '0.7.2'
+
+
+def require_explicit_support() -> None:
+  """Raises a ``RuntimeError`` naming the JAX needed for Explicit axes."""
+  sharding = jax.sharding
+  if hasattr(sharding, 'auto_axes') and hasattr(sharding,
+                                                'use_abstract_mesh'):
+    return
+  raise RuntimeError(
+      f'kinetix: params on a mesh with Explicit axes need jax >= '
+      f'{EXPLICIT_AXES_JAX} (jax.sharding.auto_axes); this is jax '
+      f'{jax.__version__}. Upgrade jax (pip install -U "jax>='
+      f'{EXPLICIT_AXES_JAX}"), or build the mesh with Auto axes: '
+      f'jax.make_mesh(shape, names, axis_types=(jax.sharding.AxisType.Auto,)'
+      f' * len(names)).')
+
+
 def call_with_auto_axes(fn: Callable[..., Any], out_like: Any,
                         *args: Any) -> Any:
   """``fn(*args)``, whose outputs are sharded like ``out_like``.
@@ -164,6 +184,7 @@ def call_with_auto_axes(fn: Callable[..., Any], out_like: Any,
   mesh = explicit_mesh(*args)
   if mesh is None:
     return fn(*args)
+  require_explicit_support()
   replicated = jax.sharding.PartitionSpec()
   specs = jax.tree.map(
       lambda o: replicated if o is None else jax.typeof(o).sharding.spec,
@@ -202,4 +223,5 @@ def sharding_like(x: Any) -> Any:
   """
   if explicit_mesh(x) is None:
     return None
+  require_explicit_support()
   return jax.typeof(x).sharding

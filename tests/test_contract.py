@@ -105,6 +105,7 @@ def test_dtypes_and_cond_stable_state(name, dtype):
     assert structure(updates2) == structure(updates)
 
 
+@pytest.mark.floors
 @pytest.mark.parametrize('name', NAMES)
 def test_convergence_on_a_quadratic(name):
   tx = make(name)

@@ -49,6 +49,7 @@ class LinenModel(nn.Module):
     return nn.Dense(4, name='head')(x)
 
 
+@pytest.mark.floors
 @pytest.mark.parametrize('name', list(OPTIMIZERS))
 def test_nnx_optimizer_trains_with_path_masks(name):
   model = NNXModel(nnx.Rngs(0))
@@ -111,6 +112,7 @@ def test_nnx_mask_selects_only_the_head():
                          pure_grads['head']['kernel'])
 
 
+@pytest.mark.floors
 def test_collision_statistics_read_through_nnx_optimizer():
   """``nnx.Optimizer`` wraps each state leaf: ``[...]`` reads its value."""
   model = NNXModel(nnx.Rngs(0))

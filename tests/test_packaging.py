@@ -80,3 +80,25 @@ def test_sdist_leaves_the_tests_out_and_builds(dists):
   assert 'kinetix/kinetic.py' in names
   for prefix in ('tests/', 'notebooks/', 'examples/', '.ci/'):
     assert not any(n.startswith(prefix) for n in names), prefix
+
+
+def test_declared_floors_are_the_versions_ci_installs():
+  """Every ``>=`` floor of jax, jaxlib, optax, numpy and flax in
+  pyproject.toml is pinned by ``.ci/floors.txt``, which .ci/run installs in
+  a second venv to run the tests marked ``floors``: no floor goes
+  untested."""
+  project = tomllib.loads((ROOT / 'pyproject.toml').read_text())['project']
+  declared = {}
+  requirements = list(project['dependencies']) + [
+      r for extra in ('flax', 'examples') for r in
+      project['optional-dependencies'][extra]]
+  for req in requirements:
+    name, op, version = re.match(r'([A-Za-z0-9_.-]+)\s*(>=)\s*([^,;\s]+)',
+                                 req).groups()
+    if name in ('jax', 'jaxlib', 'optax', 'numpy', 'flax'):
+      assert declared.setdefault(name, version) == version, req
+  pinned = dict(re.findall(r'^([A-Za-z0-9_.-]+)==(\S+)$',
+                           (ROOT / '.ci' / 'floors.txt').read_text(), re.M))
+  assert pinned == declared
+  ci = (ROOT / '.ci' / 'run').read_text()
+  assert '-c .ci/floors.txt' in ci and '-m floors' in ci

@@ -84,3 +84,47 @@ def test_inside_shard_map(rows):
       # as when trained alone (lax.scan over steps: the state keeps its type).
       assert r['max_error'] < 1e-6, case
 
+
+
+_EXPLICIT_ON_OLD_JAX = '''
+import jax, jax.numpy as jnp, numpy as np, kinetix
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+mesh = jax.make_mesh((2,), ('x',), axis_types=(AxisType.Explicit,))
+w = jnp.arange(32.0).reshape(4, 8) % 5 + 1.0
+g = jnp.cos(w)
+tx = kinetix.soft_collision(0.1)
+state = tx.init({'w': w})
+ref = tx.update({'w': g}, state, {'w': w})[0]['w']
+put = lambda x: jax.device_put(x, NamedSharding(mesh, P(None, 'x')))
+try:
+  out = jax.jit(tx.update)({'w': put(g)}, state, {'w': put(w)})[0]['w']
+  print('ok', float(np.max(np.abs(np.asarray(out) - np.asarray(ref)))))
+except RuntimeError as e:
+  print('error', e)
+'''
+
+
+@pytest.mark.floors
+def test_explicit_axes_work_or_name_the_jax_they_need():
+  """On a JAX with ``jax.sharding.auto_axes`` Explicit axes give the
+  unsharded result; on an older one (the core's floor is lower) a
+  ``RuntimeError`` names the JAX they need and the Auto-axes way out."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from kinetix import _sharding  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=(
+      os.environ.get('XLA_FLAGS', '')
+      + ' --xla_force_host_platform_device_count=2').strip())
+  proc = subprocess.run([sys.executable, '-c', _EXPLICIT_ON_OLD_JAX],
+                        env=env, capture_output=True, text=True, timeout=300,
+                        check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = proc.stdout.strip().splitlines()[-1]
+  supported = hasattr(jax.sharding, 'auto_axes') and hasattr(
+      jax.sharding, 'use_abstract_mesh')
+  if supported:
+    assert out.startswith('ok'), out
+    assert float(out.split()[1]) < 1e-6, out
+  else:
+    assert out.startswith('error'), out
+    assert f'jax >= {_sharding.EXPLICIT_AXES_JAX}' in out, out
+    assert jax.__version__ in out and 'AxisType.Auto' in out, out
