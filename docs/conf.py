@@ -44,17 +44,6 @@ autosummary_generate = False
 # state classes.
 autodoc_member_order = 'bysource'
 autodoc_typehints = 'signature'
-# Type aliases by name, not expanded into their unions (the modules use
-# `from __future__ import annotations`, so annotations reach Sphinx as text).
-autodoc_type_aliases = {
-    'optax.ScalarOrSchedule': 'optax.ScalarOrSchedule',
-    'optax.GradientTransformation': 'optax.GradientTransformation',
-    'optax.GradientTransformationExtraArgs':
-        'optax.GradientTransformationExtraArgs',
-    '_utils.KeyLike': 'KeyLike',
-    'MaskFn': 'MaskFn',
-    'jax.Array': 'jax.Array',
-}
 autodoc_default_options = {'members': True, 'undoc-members': False,
                            'show-inheritance': False}
 napoleon_google_docstring = True
@@ -64,9 +53,35 @@ napoleon_use_rtype = False
 html_theme = 'sphinx_book_theme'
 html_title = f'kinetix {release}'
 html_theme_options = {'show_toc_level': 2}
-exclude_patterns = ['_build', 'figures', 'pypi.md', 'Thumbs.db', '.DS_Store']
+exclude_patterns = ['_build', '_generated', 'figures', 'pypi.md', 'Thumbs.db',
+                    '.DS_Store']
 suppress_warnings = ['myst.header']
 
+
+# Results pages are generated from the results' JSON (docs/figures/*.json,
+# written by `python -m kinetix COMMAND --out docs/figures`) with the same
+# functions that print them, so a page never disagrees with its data.
+_GENERATED = ROOT / 'docs' / '_generated'
+_GENERATED.mkdir(exist_ok=True)
+_FIGURES = ROOT / 'docs' / 'figures'
+
+
+def _generate_results() -> None:
+  import json  # pylint: disable=g-import-not-at-top
+  from kinetix.experiments import bench  # pylint: disable=g-import-not-at-top
+  from kinetix.experiments import condensation, digits, lm  # pylint: disable=g-import-not-at-top
+  modules = {'condensation': condensation, 'digits': digits, 'lm': lm,
+             'condensation_2000steps': condensation}
+  for name, module in modules.items():
+    path = _FIGURES / f'{name}.json'
+    if path.is_file():
+      text = module.markdown(json.loads(path.read_text()))
+      (_GENERATED / f'{name}.md').write_text(text)
+  data = json.loads((_FIGURES / 'bench.json').read_text())
+  (_GENERATED / 'bench.md').write_text(bench.markdown_report(data, compact=True))
+
+
+_generate_results()
 
 # The stored notebooks (notebooks/*.ipynb, kept without outputs) are copied
 # next to the page that lists them; docs/notebooks/ is not tracked.
@@ -109,5 +124,31 @@ def _document_fields(app, what, name, obj, options, lines):
     lines[:] = [text.replace('|', r'\|')]
 
 
+# Annotations are the real objects (Optax's contrib battery checks
+# `annotation is optax.ScalarOrSchedule`), which autodoc would print as their
+# expanded unions; signatures name the aliases instead.
+def _aliases():
+  import optax  # pylint: disable=g-import-not-at-top
+  from kinetix import _utils, masks  # pylint: disable=g-import-not-at-top
+  return {'optax.ScalarOrSchedule': optax.ScalarOrSchedule,
+          'KeyLike': _utils.KeyLike, 'MaskFn': masks.MaskFn}
+
+
+def _alias_signature(app, what, name, obj, options, signature,
+                     return_annotation):
+  del app, what, name, obj, options
+  from sphinx.util.typing import stringify_annotation  # pylint: disable=g-import-not-at-top
+  for alias, value in _aliases().items():
+    for mode in ('smart', 'fully-qualified-except-typing',
+                 'fully-qualified'):
+      text = stringify_annotation(value, mode)
+      if signature:
+        signature = signature.replace(text, alias)
+      if return_annotation:
+        return_annotation = return_annotation.replace(text, alias)
+  return signature, return_annotation
+
+
 def setup(app):
   app.connect('autodoc-process-docstring', _document_fields)
+  app.connect('autodoc-process-signature', _alias_signature)

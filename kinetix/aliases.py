@@ -1,7 +1,5 @@
 """KO with a base optimizer in one transformation: ``ko_sgd``, ``ko_adamw``."""
 
-from __future__ import annotations
-
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +15,7 @@ __all__ = [
     'COLLISIONS',
 ]
 
+#: The values of ``collision`` in :func:`ko_sgd` and :func:`ko_adamw`.
 COLLISIONS = ('soft', 'hard', 'none')
 
 

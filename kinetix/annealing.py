@@ -14,8 +14,6 @@ References:
   <https://doi.org/10.1038/s41598-021-90144-3>`_, Sci. Rep. 11, 10705, 2021.
 """
 
-from __future__ import annotations
-
 from typing import Any, NamedTuple
 
 import jax
@@ -32,6 +30,7 @@ __all__ = [
     'SCHEDULES',
 ]
 
+#: The values of :func:`cool_momentum`'s ``schedule``.
 SCHEDULES = ('paper', 'exact', 'linear')
 
 

@@ -28,8 +28,6 @@ References:
   2023.
 """
 
-from __future__ import annotations
-
 import warnings
 from typing import Any, NamedTuple
 

@@ -17,8 +17,6 @@ References:
   Simulation Approaches <https://arxiv.org/abs/2505.14777>`_, 2025.
 """
 
-from __future__ import annotations
-
 import functools
 from typing import Any, NamedTuple
 
@@ -42,11 +40,13 @@ __all__ = [
     'PARTNERS',
 ]
 
+#: The values of :func:`hard_collision`'s ``pairing``.
 PAIRINGS = ('all', 'disjoint')
+#: The values of :func:`soft_collision`'s ``partners``.
 PARTNERS = ('all', 'higher')
 
-# The paper writes exp(-w_r) (kappa = 1); the authors' code, which produced
-# its results, uses exp(-0.05 w_r). See hard_collision's docstring.
+#: :func:`hard_collision`'s default κ in ``exp(−κ |w_i − w_j|)``: the
+#: authors' code, which produced the paper's results (the paper writes κ = 1).
 DISTANCE_SCALE = 0.05
 
 # Entries of the largest pair-space block a hard collision holds at once
@@ -845,10 +845,12 @@ def hard_collision(
   **Which knob.** ``coll_coef`` sets how close to the layer's largest
   relative speed a pair must come (the top :math:`c` fraction);
   ``distance_scale`` sets how much the distance between the two neurons'
-  weights damps that: with the paper's :math:`\kappa = 1`, neurons a
-  typical distance apart (0.3-3 in trained heads) are damped below any
-  threshold and nothing collides, whatever ``coll_coef``. The default is
-  the authors' code's :math:`\kappa = 0.05`. Watch
+  weights damps that. Since the speed ratio is at most 1, only pairs closer
+  than :math:`-\ln(1 - c)/\kappa` can ever collide: with the paper's
+  :math:`\kappa = 1` and :math:`c = 0.1`, closer than 0.105, while neurons of
+  real heads are 0.3-3 apart, so nothing collides whatever the gradients.
+  The default is the authors' code's :math:`\kappa = 0.05` (closer than
+  2.1). Watch
   ``state.accepted_pairs``: if it stays 0, lower ``distance_scale``; if
   ``state.relative_change`` grows above ~1 (neurons in many accepted
   pairs), lower ``coll_coef`` or use ``pairing="disjoint"``.

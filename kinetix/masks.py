@@ -10,8 +10,6 @@ Paths are the '/'-joined key path of a leaf, e.g. ``params/head/kernel`` for
 Linen and ``head/kernel`` for an NNX ``nnx.state(model, nnx.Param)``.
 """
 
-from __future__ import annotations
-
 import fnmatch
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,6 +29,7 @@ __all__ = [
     'MaskFn',
 ]
 
+#: A callable mask: params → a pytree of bools (or a prefix of one).
 MaskFn = Callable[[Any], Any]
 
 

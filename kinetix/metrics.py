@@ -26,8 +26,6 @@ References:
   (Sec. 4.1: "neuron similarity" is the largest off-diagonal ``|cos|``).
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 import jax

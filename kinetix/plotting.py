@@ -14,8 +14,6 @@ depends on (or changes) the active backend: save them with
 'two neurons'
 """
 
-from __future__ import annotations
-
 from collections.abc import Mapping, Sequence
 from typing import Any
 

@@ -3,6 +3,10 @@
 import pathlib
 import re
 
+import pytest
+
+pytestmark = pytest.mark.floors   # the README must hold at the minimum versions
+
 README = pathlib.Path(__file__).resolve().parents[1] / 'README.md'
 
 
@@ -146,6 +150,9 @@ def test_readme_transformer_recipe_trains():
   losses = [float(namespace['train_step'](model, optimizer, tokens))
             for _ in range(2)]
   assert all(np.isfinite(losses)) and losses[1] < losses[0]
-  hard, soft = optimizer.opt_state[0], optimizer.opt_state[1]
-  assert int(hard.count) == 2 and float(soft.relative_change) > 0.0
+  # clip_by_global_norm, the last block's collision, the head's, AdamW.
+  block, head = optimizer.opt_state[1], optimizer.opt_state[2]
+  assert int(block.count[...]) == 2 and float(block.relative_change[...]) > 0
+  # Norm-matched: the head's gradient changes by exactly coll_coef.
+  assert abs(float(head.relative_change[...]) - 0.1) < 1e-4
   assert float(jnp.max(jnp.abs(model.blocks.mlp_in.kernel[...] - before))) > 0

@@ -225,7 +225,9 @@ def run_command(
       save_figure(fig, out / name)
       files.append(out / name)
   # The settings line was printed first: the table does not repeat it.
-  print(table.replace(f' ({settings.describe()})', ''))
+  described = settings.describe()
+  print(table.replace(f' ({described})', '').replace(
+      described, '(Settings above.)'))
   print('wrote ' + ', '.join(str(f) for f in files))
   return 0
 

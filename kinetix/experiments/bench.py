@@ -877,19 +877,46 @@ def device_name() -> str:
           f'device(s), {os.cpu_count()} CPU cores')
 
 
-def format_table(rows: Sequence[dict[str, Any]]) -> str:
-  """The Markdown table of the rows."""
+COMPACT = ('case', 'ratio', 'reference', 'temp memory', 'target', 'holds')
+
+
+def format_table(rows: Sequence[dict[str, Any]], *,
+                 compact: bool = False) -> str:
+  """The Markdown table of the rows (``compact``: no absolute times)."""
   body = []
   for r in rows:
     holds = {True: 'yes', False: 'no', None: '—'}[r['holds']]
     case = r['case'] + (f" ({r['note']})" if r.get('note') else '')
     if r.get('error'):
-      body.append((case, '—', '—', '—', '—', '—', r['target'], holds))
-      continue
-    body.append((case, _fmt_time(r['time_s']), r['reference'],
-                 _fmt_time(r['reference_time_s']), f"{r['ratio']:.3f}×",
-                 _fmt_bytes(r['temp_bytes']), r['target'] or '—', holds))
-  return _common.markdown_table(HEADER, body)
+      cells = dict(zip(HEADER, (case, '—', '—', '—', '—', '—', r['target'],
+                                holds), strict=True))
+    else:
+      cells = dict(zip(HEADER, (
+          case, _fmt_time(r['time_s']), r['reference'],
+          _fmt_time(r['reference_time_s']), f"{r['ratio']:.3f}×",
+          _fmt_bytes(r['temp_bytes']), r['target'] or '—', holds),
+                       strict=True))
+    body.append(tuple(cells[h] for h in (COMPACT if compact else HEADER)))
+  return _common.markdown_table(COMPACT if compact else HEADER, body)
+
+
+def markdown_report(result: dict[str, Any], *, compact: bool = False) -> str:
+  """A run's report (its JSON): the device, the table, how many hold.
+
+  ``compact``: the table without absolute times (they are in the JSON).
+  """
+  rows = result['rows']
+  held = [r for r in rows if r['holds'] is not None]
+  failed = [r['case'] for r in rows if r.get('error')]
+  summary = (f"{sum(r['holds'] for r in held)}/{len(held)} targets hold; "
+             f"{result['elapsed_s']:.0f} s in all"
+             + (f"; FAILED: {', '.join(failed)}" if failed else '')
+             + (' (--quick: tiny sizes, not meaningful)' if result['quick']
+                else ''))
+  return (f"Device: {result['device']}; jax {result['environment']['jax']}; "
+          f"repeats: {result['repeats']} (median; the largest cases "
+          f'fewer)\n\n{format_table(rows, compact=compact)}\n{NOTES}\n\n'
+          f'{summary}\n')
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -916,21 +943,12 @@ def run(args: argparse.Namespace) -> int:
   start = time.perf_counter()
   rows = run_benchmarks(args.quick, repeats, quiet=args.quiet)
   elapsed = time.perf_counter() - start
-  device = device_name()
-  table = format_table(rows)
-  held = [r for r in rows if r['holds'] is not None]
-  failed = [r['case'] for r in rows if r.get('error')]
-  summary = (f"{sum(r['holds'] for r in held)}/{len(held)} targets hold; "
-             f'{elapsed:.0f} s in all'
-             + (f"; FAILED: {', '.join(failed)}" if failed else '')
-             + (' (--quick: tiny sizes, not meaningful)' if args.quick
-                else ''))
-  text = (f'Device: {device}; repeats: {repeats} (median; the largest cases '
-          f'fewer)\n\n{table}\n{NOTES}\n\n{summary}\n')
-  print(text, end='')
-  result = {'environment': _common.environment(), 'device': device,
+  result = {'environment': _common.environment(), 'device': device_name(),
             'quick': bool(args.quick), 'repeats': repeats,
             'elapsed_s': elapsed, 'rows': rows}
+  text = markdown_report(result)
+  print(text, end='')
+  failed = [r['case'] for r in rows if r.get('error')]
   if args.json is not None:
     _common.write_json(args.json, result)
   if args.out is not None:
