@@ -325,3 +325,22 @@ def _flat(tree):
   from kinetix import _utils  # pylint: disable=g-import-not-at-top
   return [(_utils.path_to_str(k), np.asarray(v))
           for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def test_collision_rate_is_the_collisions_own_share():
+  """``_common.collision_rate``: 0 when the collision changes nothing,
+  negative when it turns two similar neurons apart, and the difference of
+  the two correlation rates in general."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from kinetix import metrics  # pylint: disable=g-import-not-at-top
+  from kinetix.experiments import _common  # pylint: disable=g-import-not-at-top
+  w = {'k': jnp.array([[1.0, 1.0, 0.0], [0.0, 0.1, 1.0]])}   # (D, N)
+  plain = {'k': jnp.array([[0.1, 0.2, 0.0], [0.3, -0.1, 0.2]])}
+  apart = {'k': plain['k'] + jnp.array([[0.0, 0.0, 0.0], [-0.5, 0.5, 0.0]])}
+  view = lambda tree: {'k': tree['k'][None]}  # noqa: E731
+  assert float(_common.collision_rate(w, plain, plain, view)) == 0.0
+  rate = float(_common.collision_rate(w, apart, plain, view))
+  expected = (metrics.correlation_rate(w, apart)['k']
+              - metrics.correlation_rate(w, plain)['k'])
+  assert rate < 0.0
+  np.testing.assert_allclose(rate, float(expected), rtol=1e-5)
