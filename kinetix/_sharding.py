@@ -152,11 +152,15 @@ def explicit_mesh(*xs: Any) -> Any:
 EXPLICIT_AXES_JAX = '0.7.2'
 
 
+def explicit_axes_supported() -> bool:
+  """Whether this JAX has what kinetix needs for Explicit mesh axes."""
+  return all(hasattr(jax.sharding, name)
+             for name in ('auto_axes', 'use_abstract_mesh'))
+
+
 def require_explicit_support() -> None:
   """Raises a ``RuntimeError`` naming the JAX needed for Explicit axes."""
-  sharding = jax.sharding
-  if hasattr(sharding, 'auto_axes') and hasattr(sharding,
-                                                'use_abstract_mesh'):
+  if explicit_axes_supported():
     return
   raise RuntimeError(
       f'kinetix: params on a mesh with Explicit axes need jax >= '

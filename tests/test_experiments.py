@@ -216,7 +216,7 @@ def test_lm_quick(tmp_path, capsys):
       shares = (r['collision_rate']['negative_fraction']['mean']
                 + r['collision_rate']['positive_fraction']['mean'])
       assert 0.0 < shares <= 1.0, method
-    hard = method.partition('@')[0] in ('hard_head', 'disjoint_head')
+    hard = lm.method_name(method) in ('hard_head', 'disjoint_head')
     if not hard:
       assert r['accepted_fraction']['mean'] == 0.0
     assert 0.0 <= r['accepted_fraction']['mean'] <= 1.0

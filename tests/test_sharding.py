@@ -119,9 +119,7 @@ def test_explicit_axes_work_or_name_the_jax_they_need():
                         check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = proc.stdout.strip().splitlines()[-1]
-  supported = hasattr(jax.sharding, 'auto_axes') and hasattr(
-      jax.sharding, 'use_abstract_mesh')
-  if supported:
+  if _sharding.explicit_axes_supported():
     assert out.startswith('ok'), out
     assert float(out.split()[1]) < 1e-6, out
   else:

@@ -110,6 +110,11 @@ BLOCK_KERNELS = tuple(f'blocks/{name}/kernel' for name in (
 NO_DECAY = ('tok_emb/embedding', 'pos_emb/embedding')
 
 
+def method_name(method: str) -> str:
+  """The name of ``'name'`` or ``'name@C'``."""
+  return method.partition('@')[0]
+
+
 def parse_method(method: str, coll_coef: float) -> tuple[str, float]:
   """``(name, coll_coef)`` of ``'name'`` or ``'name@C'`` (``ValueError``)."""
   name, _, coef = method.partition('@')
@@ -398,7 +403,7 @@ def make_optimizer(method: str, settings: Settings, key: Any = 0
 
 def collided_layers(method: str, tree: Any) -> dict[str, Any]:
   """The layers ``method`` collides, as ``{name: (L, D, N)}`` arrays."""
-  name = method.partition('@')[0]
+  name = method_name(method)
   if name == 'soft_mlp':
     return {k: tree['blocks'][k]['kernel'] for k in ('mlp_in', 'mlp_out')}
   if name == 'last_block':
@@ -738,7 +743,7 @@ def markdown(summary: dict[str, Any]) -> str:
   s = _common.settings_from_json(Settings, summary['settings'])
   rows = []
   for e in summary['results']:
-    name = e['method'].partition('@')[0]
+    name = method_name(e['method'])
     hard = name in ('hard_head', 'disjoint_head')
     collides = name != 'adamw'
     ratio = e['step_time_vs_adamw']
