@@ -331,6 +331,35 @@ def _groups(selected: list[_Leaf], us: list[Any], ps: list[Any]):
 # Running a group
 
 
+def _after(new: jax.Array, res: LeafResult) -> jax.Array:
+  """``new``, as a value that depends on every statistic of ``res``.
+
+  A select on a predicate that is never true (the statistics are sums of
+  non-negative terms, or NaN, which compares false): free, and it makes
+  the statistics, which read the old gradient, operands of the write.
+  """
+  e, d2, g2 = res.sq_sums
+  never = ((d2 < 0) | (g2 < 0) | (res.abs_cos < 0)
+           | (count_float(res.accepted) < 0) | (e < -(1 << 30)))
+  return jnp.where(never, jnp.zeros_like(new), new)
+
+
+def _loop_range(n: int) -> tuple[jax.Array, ...]:
+  """``0, …, n − 1`` as int32 scalars, to be carried through a loop."""
+  return tuple(jnp.int32(i) for i in range(n))
+
+
+def _loop_range_step(k: jax.Array, n: int,
+                     index: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+  """``index`` unchanged at step ``k < n`` of a loop of ``n`` steps.
+
+  XLA cannot prove it unchanged, so the loop's outputs are runtime
+  scalars, not constants folded into every kernel that uses them.
+  """
+  zero = (k >= n).astype(jnp.int32)
+  return tuple(i + zero for i in index)
+
+
 def _run_group(collision: Collision, group: list[_Leaf], us: list[Any],
                ps: list[Any], step_key: jax.Array, coef: Any,
                totals: _Stats, cache: dict[Any, Any]):
@@ -342,6 +371,16 @@ def _run_group(collision: Collision, group: list[_Leaf], us: list[Any],
   each result written in place over its gradient, and the temporaries of
   one leaf live at a time (a ``vmap`` would hold every leaf's ``N×N``
   matrices at once).
+
+  Two details keep the loop cheap (see the benchmark page):
+
+  * the write of a result depends on its statistics (:func:`_after`), so
+    XLA orders every read of the gradient before it and updates the stack
+    in place instead of copying it each iteration;
+  * the leaves are read back from the stack at indices that the loop
+    returns (:func:`_loop_range`), not at constants: the kernels that read
+    them (AdamW's, next in a chain) are then the same for every leaf of the
+    group, and XLA compiles one, not one per leaf.
 
   The group's computation is one ``jax.jit`` function, kept in ``cache``
   per group: an eager ``update`` runs it as one compiled program (cached
@@ -357,7 +396,7 @@ def _run_group(collision: Collision, group: list[_Leaf], us: list[Any],
   def one(totals, w, g, key, coef):
     res = collision.leaf(w.astype(cdt), g.astype(cdt), key, layer_index,
                          jnp.asarray(coef, cdt), lay)
-    return _add_stats(totals, res), res.new.astype(u_dtype)
+    return _add_stats(totals, res), _after(res.new, res).astype(u_dtype)
 
   def run(u_leaves, p_leaves, keys, coef, totals):
     gs = [_take_layers(u, leaf) for u, leaf in zip(u_leaves, group,
@@ -372,16 +411,19 @@ def _run_group(collision: Collision, group: list[_Leaf], us: list[Any],
       # written over its own gradient: updated in place, so the group holds
       # one stacked copy of the weights and one of the gradients, no third
       # buffer for the results.
+      n = len(group)
       w_all = jnp.stack(ws)
 
       def body(k, carry):
-        totals, g_all = carry
+        totals, g_all, index = carry
         totals, new = one(totals, w_all[k], g_all[k], keys[k], coef)
-        return totals, jax.lax.dynamic_update_index_in_dim(g_all, new, k, 0)
+        g_all = jax.lax.dynamic_update_index_in_dim(g_all, new, k, 0)
+        return totals, g_all, _loop_range_step(k, n, index)
 
-      totals, g_all = jax.lax.fori_loop(0, len(group), body,
-                                        (totals, jnp.stack(gs)))
-      news = [g_all[k] for k in range(len(group))]
+      totals, g_all, index = jax.lax.fori_loop(
+          0, n, body, (totals, jnp.stack(gs), _loop_range(n)))
+      news = [jax.lax.dynamic_index_in_dim(g_all, i, keepdims=False)
+              for i in index]
     return tuple(_put_layers(u, new, leaf) for u, new, leaf in
                  zip(u_leaves, news, group, strict=True)), totals
 

@@ -64,6 +64,11 @@ def test_quick_bench_writes_all_rows(tmp_path, capsys):
     assert model[name]['target_ratio'] == bench.MODEL_COMPILE_TARGET
     assert model[name]['blocks'] > 1
   assert model['adamw']['target_ratio'] is None
+  # Run time of each collision grouped vs one transformation per leaf.
+  update = {r['optimizer']: r for r in rows if r['kind'] == 'model_update'}
+  assert set(update) == {'soft', 'hard', 'disjoint'}
+  assert all(r['target_ratio'] == bench.MODEL_UPDATE_TARGET
+             for r in update.values())
   heads = [r for r in rows if r['kind'] == 'vocab_head_memory']
   assert {r['optimizer'] for r in heads} == set(bench.VOCAB_HEADS)
   assert all(r['memory_limit_bytes'] and r['temp_bytes'] is not None

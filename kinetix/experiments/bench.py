@@ -69,7 +69,7 @@ MAX_LOOP = 1000           # ... but at most this many calls per sample
 KINDS = ('soft_vs_matmuls', 'hard_vs_soft', 'hard_vs_rng_floor',
          'capacity_cliff',
          'disjoint_vs_floor', 'blocked_lm_head', 'train_step', 'soft_vs_muon',
-         'model_compile', 'vocab_head_memory')
+         'model_compile', 'model_update', 'vocab_head_memory')
 
 # Targets of the performance contract (ratios, see the module docstring).
 SOFT_TARGET = 1.1
@@ -80,6 +80,7 @@ CLIFF_TARGET = 3.0
 DISJOINT_TARGET = 2.0
 MODEL_COMPILE_TARGET = 2.0         # compile(12 blocks) / compile(1 block)
 MODEL_COMPILE_REPEATS = 3          # compile times: the best of this many
+MODEL_UPDATE_TARGET = 1.1          # grouped update / each leaf on its own
 
 NOTES = (
     'float32 everywhere, default matmul precision (full float32 on CPU); '
@@ -726,6 +727,61 @@ def bench_model_compile(name: str, blocks: int, width: int, vocab: int, *,
                     else 'reference, no target'))
 
 
+def _collision(name: str, mask: Any) -> Any:
+  import kinetix  # pylint: disable=g-import-not-at-top
+  return {
+      'soft': lambda: kinetix.soft_collision(0.1, mask=mask),
+      'hard': lambda: kinetix.hard_collision(0.1, mask=mask),
+      'disjoint': lambda: kinetix.hard_collision(0.1, mask=mask,
+                                                 pairing='disjoint'),
+  }[name]()
+
+
+def bench_model_update(name: str, blocks: int, width: int, *, repeats: int,
+                       pattern: str = BLOCK_KERNELS) -> dict[str, Any]:
+  """Row 9: run time of a collision's update on a GPT-2 tree's blocks.
+
+  The engine collides the leaves of one layout as one group (stacked, one
+  loop); the reference runs the same collision as one transformation per
+  leaf, so that no leaf shares a group: what grouping costs at run time.
+  Both give the same updates (a leaf's keys come from its path).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import kinetix  # pylint: disable=g-import-not-at-top
+  from kinetix import _utils  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  shapes = {'blocks': gpt2_params(blocks, width, vocab=1)['blocks']}
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+  keys = jax.random.split(jax.random.key(0), len(leaves))
+  params = treedef.unflatten(
+      [0.02 * jax.random.normal(k, x.shape, x.dtype)
+       for k, (_, x) in zip(keys, leaves, strict=True)])
+  grads = jax.tree.map(lambda x: x + 0.01 * jnp.cos(100.0 * x), params)
+  paths = [_utils.path_to_str(p) for p, _ in leaves]
+  flags = jax.tree.leaves(kinetix.masks.by_path(pattern)(shapes))
+  selected = [p for p, on in zip(paths, flags, strict=True) if on]
+  grouped = _collision(name, kinetix.masks.by_path(pattern))
+  alone = optax.chain(*[_collision(name, kinetix.masks.by_path(p))
+                        for p in selected])
+
+  def update_fn(tx):
+    state = tx.init(params)
+    fn = jax.jit(lambda g, s, p: tx.update(g, s, p))
+    return fn, (grads, state, params)
+
+  fn, args = update_fn(grouped)
+  ref, ref_args = update_fn(alone)
+  t, t_ref = compare_times(fn, args, ref, ref_args, repeats=repeats)
+  return _row('model_update',
+              f'{MODEL_LABELS[name].split(" + ")[0]}, GPT-2 blocks width '
+              f'{width}: update, {blocks} blocks', time_s=t,
+              reference='the same, each leaf its own transformation',
+              reference_time_s=t_ref, target_ratio=MODEL_UPDATE_TARGET,
+              repeats=repeats, optimizer=name, blocks=blocks, width=width,
+              note=f'collision alone on {len(selected)} kernels')
+
+
 # The collisions measured on vocabulary heads: name -> keyword arguments.
 VOCAB_HEADS: dict[str, dict[str, Any]] = {
     'hard': {}, 'soft_blocked': {'block_size': 1024},
@@ -827,6 +883,11 @@ def run_benchmarks(quick: bool, repeats: int, *,
     add('model_compile', f'model compile {name}',
         lambda name=name: bench_model_compile(name, *model, repeats=reps,
                                               pattern=model_pattern))
+  for name in ('soft', 'hard', 'disjoint'):
+    add('model_update', f'model update {name}',
+        lambda name=name: bench_model_update(name, model[0], model[1],
+                                             repeats=reps,
+                                             pattern=model_pattern))
   for name in VOCAB_HEADS:
     for d, n, limit in heads:
       add('vocab_head_memory', f'vocab head {name} ({d}, {n})',
