@@ -12,7 +12,7 @@ one leaf (all of its stacked layers) in the leaf's own layout, returning a
   leaf's path, so that a leaf's collision never depends on the other
   leaves of the tree;
 * **grouping**: leaves with the same layout (shape, dtype, axes, sharding)
-  are stacked and collided by one ``lax.scan`` over the stack, so a model
+  are stacked and collided by one loop over the stack, so a model
   compiles one copy of each collision per layout, not one per leaf, and
   holds the temporaries of one leaf at a time;
 * sharding (Explicit mesh axes run with Auto axes, ``shard_map`` checks);
