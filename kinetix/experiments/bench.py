@@ -767,8 +767,7 @@ def bench_model_update(name: str, blocks: int, width: int, *, repeats: int,
 
   def update_fn(tx):
     state = tx.init(params)
-    fn = jax.jit(lambda g, s, p: tx.update(g, s, p))
-    return fn, (grads, state, params)
+    return jax.jit(tx.update), (grads, state, params)
 
   fn, args = update_fn(grouped)
   ref, ref_args = update_fn(alone)
