@@ -128,10 +128,9 @@ _MAKE = {'soft': lambda: kinetic.soft_collision(0.1),
          'disjoint': lambda: kinetic.hard_collision(0.1, pairing='disjoint')}
 
 
-# The reads are the engine's, the same for every collision: the all-pairs
-# collision only compiles slowest.
-@pytest.mark.parametrize('name', ['soft', 'disjoint'])
-def test_more_blocks_compile_no_new_kernel(name):
+# The reads are the engine's, the same for every collision: soft collision
+# compiles fastest.
+def test_more_blocks_compile_no_new_kernel():
   """3 or 6 blocks, collision then AdamW: the same distinct kernels.
 
   XLA compiles one kernel per distinct fused computation; a leaf read back
@@ -140,7 +139,7 @@ def test_more_blocks_compile_no_new_kernel(name):
   """
   counts = []
   for n in (3, 6):
-    tx = optax.chain(_MAKE[name](), optax.adamw(1e-3))
+    tx = optax.chain(_MAKE['soft'](), optax.adamw(1e-3))
     params = _blocks(n)
     state = tx.init(params)
     compiled = jax.jit(tx.update).lower(params, state, params).compile()
