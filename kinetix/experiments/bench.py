@@ -747,26 +747,21 @@ def bench_model_update(name: str, blocks: int, width: int, *, repeats: int,
   from kinetix import _utils  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   shapes = {'blocks': gpt2_params(blocks, width, vocab=1)['blocks']}
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+  leaves, treedef = _utils.leaves_with_paths(shapes)
   keys = jax.random.split(jax.random.key(0), len(leaves))
   params = treedef.unflatten(
       [0.02 * jax.random.normal(k, x.shape, x.dtype)
        for k, (_, x) in zip(keys, leaves, strict=True)])
   grads = jax.tree.map(lambda x: x + 0.01 * jnp.cos(100.0 * x), params)
-  paths = [_utils.path_to_str(p) for p, _ in leaves]
   flags = jax.tree.leaves(kinetix.masks.by_path(pattern)(shapes))
-  selected = [p for p, on in zip(paths, flags, strict=True) if on]
+  selected = [p for (p, _), on in zip(leaves, flags, strict=True) if on]
   grouped = _collision(name, kinetix.masks.by_path(pattern))
   alone = optax.chain(*[_collision(name, kinetix.masks.by_path(p))
                         for p in selected])
-
-  def update_fn(tx):
-    state = tx.init(params)
-    return jax.jit(tx.update), (grads, state, params)
-
-  fn, args = update_fn(grouped)
-  ref, ref_args = update_fn(alone)
-  t, t_ref = compare_times(fn, args, ref, ref_args, repeats=repeats)
+  t, t_ref = compare_times(
+      _update_fn(grouped), (grads, grouped.init(params), params),
+      _update_fn(alone), (grads, alone.init(params), params),
+      repeats=repeats)
   return _row('model_update',
               f'{MODEL_LABELS[name].split(" + ")[0]}, GPT-2 blocks width '
               f'{width}: update, {blocks} blocks', time_s=t,
@@ -784,7 +779,7 @@ VOCAB_HEADS: dict[str, dict[str, Any]] = {
 
 def bench_vocab_head(name: str, d: int, n: int, *,
                      limit_gib: float) -> dict[str, Any]:
-  """Row 9: the compiled update's temp memory on a ``(D, N)`` head."""
+  """Row 10: the compiled update's temp memory on a ``(D, N)`` head."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import kinetix  # pylint: disable=g-import-not-at-top
@@ -940,21 +935,20 @@ COMPACT = ('case', 'ratio', 'reference', 'temp memory', 'target', 'holds')
 def format_table(rows: Sequence[dict[str, Any]], *,
                  compact: bool = False) -> str:
   """The Markdown table of the rows (``compact``: no absolute times)."""
+  columns = COMPACT if compact else HEADER
   body = []
   for r in rows:
     holds = {True: 'yes', False: 'no', None: '—'}[r['holds']]
     case = r['case'] + (f" ({r['note']})" if r.get('note') else '')
     if r.get('error'):
-      cells = dict(zip(HEADER, (case, '—', '—', '—', '—', '—', r['target'],
-                                holds), strict=True))
+      cells = (case, '—', '—', '—', '—', '—', r['target'], holds)
     else:
-      cells = dict(zip(HEADER, (
-          case, _fmt_time(r['time_s']), r['reference'],
-          _fmt_time(r['reference_time_s']), f"{r['ratio']:.3f}×",
-          _fmt_bytes(r['temp_bytes']), r['target'] or '—', holds),
-                       strict=True))
-    body.append(tuple(cells[h] for h in (COMPACT if compact else HEADER)))
-  return _common.markdown_table(COMPACT if compact else HEADER, body)
+      cells = (case, _fmt_time(r['time_s']), r['reference'],
+               _fmt_time(r['reference_time_s']), f"{r['ratio']:.3f}×",
+               _fmt_bytes(r['temp_bytes']), r['target'] or '—', holds)
+    by_column = dict(zip(HEADER, cells, strict=True))
+    body.append(tuple(by_column[h] for h in columns))
+  return _common.markdown_table(columns, body)
 
 
 def markdown_report(result: dict[str, Any], *, compact: bool = False) -> str:
