@@ -85,7 +85,6 @@ def test_inside_shard_map(rows):
       assert r['max_error'] < 1e-6, case
 
 
-
 _EXPLICIT_ON_OLD_JAX = '''
 import jax, jax.numpy as jnp, numpy as np, kinetix
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
