@@ -12,9 +12,9 @@ one leaf (all of its stacked layers) in the leaf's own layout, returning a
   leaf's path, so that a leaf's collision never depends on the other
   leaves of the tree;
 * **grouping**: leaves with the same layout (shape, dtype, axes, sharding)
-  are stacked and collided by one loop over the stack, so a model
-  compiles one copy of each collision per layout, not one per leaf, and
-  holds the temporaries of one leaf at a time;
+  are collided by one loop over the group, so a model compiles one copy
+  of each collision per layout, not one per leaf, and holds the
+  temporaries of one leaf at a time;
 * sharding (Explicit mesh axes run with Auto axes, ``shard_map`` checks);
 * the statistics: ``mean_abs_cos``, ``relative_change`` and, for hard
   collisions, exact pair counts (two 32-bit words: no overflow at any
@@ -133,14 +133,19 @@ def _no_stats() -> _Stats:
                 count(jnp.zeros([], jnp.int32)))
 
 
-def _add_stats(a: _Stats, res: LeafResult) -> _Stats:
-  """``a`` plus one leaf's result, on the larger of their two scales."""
-  e, d2, g2 = res.sq_sums
-  top = jnp.maximum(a.e, e)
+def _merge_stats(a: _Stats, b: _Stats) -> _Stats:
+  """``a + b``, on the larger of their two scales."""
+  top = jnp.maximum(a.e, b.e)
   wa = jnp.ldexp(jnp.float32(1.0), 2 * (a.e - top))
-  wb = jnp.ldexp(jnp.float32(1.0), 2 * (e - top))
-  return _Stats(a.abs_cos + res.abs_cos, top, a.d2 * wa + d2 * wb,
-                a.g2 * wa + g2 * wb, count_plus(a.accepted, res.accepted))
+  wb = jnp.ldexp(jnp.float32(1.0), 2 * (b.e - top))
+  return _Stats(a.abs_cos + b.abs_cos, top, a.d2 * wa + b.d2 * wb,
+                a.g2 * wa + b.g2 * wb, count_plus(a.accepted, b.accepted))
+
+
+def _add_stats(a: _Stats, res: LeafResult) -> _Stats:
+  """``a`` plus one leaf's result."""
+  e, d2, g2 = res.sq_sums
+  return _merge_stats(a, _Stats(res.abs_cos, e, d2, g2, res.accepted))
 
 
 def _relative_change(st: _Stats) -> jax.Array:
@@ -331,19 +336,6 @@ def _groups(selected: list[_Leaf], us: list[Any], ps: list[Any]):
 # Running a group
 
 
-def _after(new: jax.Array, res: LeafResult) -> jax.Array:
-  """``new``, as a value that depends on every statistic of ``res``.
-
-  A select on a predicate that is never true (the statistics are sums of
-  non-negative terms, or NaN, which compares false): free, and it makes
-  the statistics, which read the old gradient, operands of the write.
-  """
-  e, d2, g2 = res.sq_sums
-  never = ((d2 < 0) | (g2 < 0) | (res.abs_cos < 0)
-           | (count_float(res.accepted) < 0) | (e < -(1 << 30)))
-  return jnp.where(never, jnp.zeros_like(new), new)
-
-
 def _loop_range(n: int) -> tuple[jax.Array, ...]:
   """``0, …, n − 1`` as int32 scalars, to be carried through a loop."""
   return tuple(jnp.int32(i) for i in range(n))
@@ -362,25 +354,27 @@ def _loop_range_step(k: jax.Array, n: int,
 
 def _run_group(collision: Collision, group: list[_Leaf], us: list[Any],
                ps: list[Any], step_key: jax.Array, coef: Any,
-               totals: _Stats, cache: dict[Any, Any]):
-  """Collides the leaves of one group; returns their updates and ``totals``.
+               cache: dict[Any, Any]):
+  """Collides the leaves of one group; returns their updates and statistics.
 
-  One leaf is collided directly. Several are stacked (one copy of their
-  weights and gradients) and collided by one loop over the stack: one
-  traced and compiled body per layout, the statistics summed in its carry,
-  each result written in place over its gradient, and the temporaries of
+  One leaf is collided directly. Several are collided by one loop over
+  the group: one traced and compiled body per layout, the temporaries of
   one leaf live at a time (a ``vmap`` would hold every leaf's ``N×N``
-  matrices at once).
+  matrices at once), the statistics summed in the loop's carry. What the
+  loop keeps cheap (see the benchmark page):
 
-  Two details keep the loop cheap (see the benchmark page):
-
-  * the write of a result depends on its statistics (:func:`_after`), so
-    XLA orders every read of the gradient before it and updates the stack
-    in place instead of copying it each iteration;
-  * the leaves are read back from the stack at indices that the loop
-    returns (:func:`_loop_range`), not at constants: the kernels that read
-    them (AdamW's, next in a chain) are then the same for every leaf of the
-    group, and XLA compiles one, not one per leaf.
+  * each step reads its leaf's weight and gradient with a ``lax.switch``
+    over the group's leaves, not out of stacked copies: stacking them would
+    copy the group's weights and gradients into fresh temp memory at every
+    update, and the body's kernels read plain arrays;
+  * the results are written in place into one stacked buffer, the loop's
+    carry (the one copy the group holds), and read back at indices that
+    the loop returns (:func:`_loop_range`), not at constants: the kernels
+    that read them (AdamW's, next in a chain) are then the same for every
+    leaf of the group, and XLA compiles one, not one per leaf;
+  * each group starts its statistics from zero and the update adds the
+    groups' totals: no group waits for another, so XLA may run them
+    side by side.
 
   The group's computation is one ``jax.jit`` function, kept in ``cache``
   per group: an eager ``update`` runs it as one compiled program (cached
@@ -396,9 +390,10 @@ def _run_group(collision: Collision, group: list[_Leaf], us: list[Any],
   def one(totals, w, g, key, coef):
     res = collision.leaf(w.astype(cdt), g.astype(cdt), key, layer_index,
                          jnp.asarray(coef, cdt), lay)
-    return _add_stats(totals, res), _after(res.new, res).astype(u_dtype)
+    return _add_stats(totals, res), res.new.astype(u_dtype)
 
-  def run(u_leaves, p_leaves, keys, coef, totals):
+  def run(u_leaves, p_leaves, keys, coef):
+    totals = _no_stats()
     gs = [_take_layers(u, leaf) for u, leaf in zip(u_leaves, group,
                                                    strict=True)]
     ws = [_take_layers(p, leaf) for p, leaf in zip(p_leaves, group,
@@ -407,36 +402,38 @@ def _run_group(collision: Collision, group: list[_Leaf], us: list[Any],
       totals, new = one(totals, ws[0], gs[0], keys[0], coef)
       news = [new]
     else:
-      # The stacked gradients are the loop's carry, each leaf's result
-      # written over its own gradient: updated in place, so the group holds
-      # one stacked copy of the weights and one of the gradients, no third
-      # buffer for the results.
       n = len(group)
-      w_all = jnp.stack(ws)
+
+      leaves = [lambda w=w, g=g: (w, g) for w, g in zip(ws, gs, strict=True)]
 
       def body(k, carry):
-        totals, g_all, index = carry
-        totals, new = one(totals, w_all[k], g_all[k], keys[k], coef)
-        g_all = jax.lax.dynamic_update_index_in_dim(g_all, new, k, 0)
-        return totals, g_all, _loop_range_step(k, n, index)
+        totals, out, index = carry
+        w, g = jax.lax.switch(k, leaves)
+        totals, new = one(totals, w, g, keys[k], coef)
+        out = jax.lax.dynamic_update_index_in_dim(out, new, k, 0)
+        return totals, out, _loop_range_step(k, n, index)
 
-      totals, g_all, index = jax.lax.fori_loop(
-          0, n, body, (totals, jnp.stack(gs), _loop_range(n)))
-      news = [jax.lax.dynamic_index_in_dim(g_all, i, keepdims=False)
+      # Zeros like the gradients (their sharding, and inside shard_map
+      # their varying axes), to be overwritten.
+      out = jnp.broadcast_to(jnp.zeros_like(gs[0], u_dtype),
+                             (n, *gs[0].shape))
+      totals, out, index = jax.lax.fori_loop(
+          0, n, body, (totals, out, _loop_range(n)))
+      news = [jax.lax.dynamic_index_in_dim(out, i, keepdims=False)
               for i in index]
     return tuple(_put_layers(u, new, leaf) for u, new, leaf in
                  zip(u_leaves, news, group, strict=True)), totals
 
   u_leaves = tuple(us[leaf.index] for leaf in group)
   p_leaves = tuple(ps[leaf.index] for leaf in group)
-  like = jax.tree.map(lambda _: None, totals)
+  like = jax.tree.map(lambda _: None, _no_stats())
   # ``run`` closes over the group and the update dtype: both are the key.
   key = (tuple(group), jnp.dtype(u_dtype))
   if key not in cache:
     cache[key] = jax.jit(run)
   jitted = cache[key]
   return _sharding.call_with_auto_axes(
-      jitted, (u_leaves, like), u_leaves, p_leaves, keys, coef, totals)
+      jitted, (u_leaves, like), u_leaves, p_leaves, keys, coef)
 
 
 # --------------------------------------------------------------------------
@@ -484,8 +481,9 @@ def transformation(collision: Collision, state_cls: Any, *, coll_coef: Any,
     out = list(us)
     totals = _no_stats()
     for group in _groups(selected, us, ps):
-      news, totals = _run_group(collision, group, us, ps, step_key, coef,
-                                totals, cache)
+      news, group_totals = _run_group(collision, group, us, ps, step_key,
+                                      coef, cache)
+      totals = _merge_stats(totals, group_totals)
       for leaf, new in zip(group, news, strict=True):
         out[leaf.index] = new
     cos_n = sum(collision.cos_pairs(leaf.layout) for leaf in selected)

@@ -148,17 +148,26 @@ def test_more_blocks_compile_no_new_kernel():
 
 
 @pytest.mark.parametrize('name', _MAKE)
-def test_a_group_is_updated_in_place(name):
-  """No copy of the stacked gradients: results overwrite them in the loop.
+def test_a_group_holds_one_stacked_buffer(name):
+  """A group of 8 leaves costs one stacked buffer, its results, in place.
 
-  The statistics read each old gradient; unless the write depends on them,
-  XLA copies the whole stack every iteration (twice).
+  Its weights and gradients are not stacked (each step reads its own leaf),
+  and the results' stack is not copied in the loop: the update's temp
+  memory is that of one leaf alone plus the 8 results.
   """
-  params = {str(i): jnp.ones((16, 24)) for i in range(3)}
-  tx = _MAKE[name]()
-  state = tx.init(params)
-  text = jax.jit(tx.update).lower(params, state, params).compile().as_text()
-  assert not re.findall(r'= f32\[3,16,24\]\{[\d,]*\} copy\(', text)
+  def temp(params):
+    tx = _MAKE[name]()
+    state = tx.init(params)
+    compiled = jax.jit(tx.update).lower(params, state, params).compile()
+    return compiled.memory_analysis().temp_size_in_bytes, compiled.as_text()
+
+  shape = (64, 96)
+  leaf_bytes = 4 * shape[0] * shape[1]
+  alone, _ = temp({'0': jnp.ones(shape)})
+  grouped, text = temp({str(i): jnp.ones(shape) for i in range(8)})
+  assert not re.findall(r'= f32\[8,64,96\]\{[\d,]*\} copy\(', text)
+  assert grouped <= alone + 8.5 * leaf_bytes, (grouped / leaf_bytes,
+                                               alone / leaf_bytes)
 
 
 # --------------------------------------------------------------------------
