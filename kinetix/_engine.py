@@ -336,6 +336,21 @@ def _groups(selected: list[_Leaf], us: list[Any], ps: list[Any]):
 # Running a group
 
 
+def _after(new: jax.Array, res: LeafResult) -> jax.Array:
+  """``new``, as a value that depends on every statistic of ``res``.
+
+  A select on a predicate that is never true (the statistics are sums of
+  non-negative terms, or NaN, which compares false): free, and it makes
+  the statistics, which read the old gradient, operands of the result, so
+  that XLA schedules them before the result is written: disjoint pairing
+  on a GPT-2 head then holds 149 MiB of temp memory, not 222 MiB.
+  """
+  e, d2, g2 = res.sq_sums
+  never = ((d2 < 0) | (g2 < 0) | (res.abs_cos < 0)
+           | (count_float(res.accepted) < 0) | (e < -(1 << 30)))
+  return jnp.where(never, jnp.zeros_like(new), new)
+
+
 def _loop_range(n: int) -> tuple[jax.Array, ...]:
   """``0, …, n − 1`` as int32 scalars, to be carried through a loop."""
   return tuple(jnp.int32(i) for i in range(n))
@@ -390,7 +405,7 @@ def _run_group(collision: Collision, group: list[_Leaf], us: list[Any],
   def one(totals, w, g, key, coef):
     res = collision.leaf(w.astype(cdt), g.astype(cdt), key, layer_index,
                          jnp.asarray(coef, cdt), lay)
-    return _add_stats(totals, res), res.new.astype(u_dtype)
+    return _add_stats(totals, res), _after(res.new, res).astype(u_dtype)
 
   def run(u_leaves, p_leaves, keys, coef):
     totals = _no_stats()
