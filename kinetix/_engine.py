@@ -419,11 +419,12 @@ def _run_group(collision: Collision, group: list[_Leaf], us: list[Any],
     else:
       n = len(group)
 
-      leaves = [lambda w=w, g=g: (w, g) for w, g in zip(ws, gs, strict=True)]
+      leaves = tuple(zip(ws, gs, strict=True))
+      reads = [lambda ops, j=j: ops[j] for j in range(n)]
 
       def body(k, carry):
         totals, out, index = carry
-        w, g = jax.lax.switch(k, leaves)
+        w, g = _sharding.switch(k, reads, leaves)
         totals, new = one(totals, w, g, keys[k], coef)
         out = jax.lax.dynamic_update_index_in_dim(out, new, k, 0)
         return totals, out, _loop_range_step(k, n, index)

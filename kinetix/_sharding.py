@@ -201,15 +201,17 @@ def call_with_auto_axes(fn: Callable[..., Any], out_like: Any,
 
 
 def group_key(x: Any) -> Any:
-  """What, besides shape and dtype, two leaves must share to be stacked.
+  """What, besides shape and dtype, two leaves must share to be grouped.
 
-  The sharding in ``x``'s type (Explicit axes; empty under plain ``jit``)
-  and, for a concrete array, its sharding on devices: leaves stacked into
-  one array must not need a reshard to get there.
+  The sharding in ``x``'s type (Explicit axes; empty under plain ``jit``),
+  inside ``shard_map`` the mesh axes it varies over, and, for a concrete
+  array, its sharding on devices: the leaves of one group are one type (a
+  ``lax.switch`` reads them) and need no reshard to share a buffer.
   """
   try:
     typed = jax.typeof(x).sharding
-    key: tuple[Any, ...] = (str(typed.mesh), str(typed.spec))
+    key: tuple[Any, ...] = (str(typed.mesh), str(typed.spec),
+                            tuple(sorted(varying_axes(x))))
   except (TypeError, AttributeError):
     key = ()
   if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):

@@ -28,6 +28,7 @@ import optax
 from kinetix import _engine
 from kinetix import _neurons
 from kinetix import _rng
+from kinetix import _sharding
 from kinetix import _utils
 
 __all__ = [
@@ -122,8 +123,11 @@ def _scaled_sq_sums(new, u):
     return (_exponent(scale), jnp.sum(dd * dd).astype(jnp.float32),
             jnp.sum(x * x).astype(jnp.float32))
 
-  return jax.lax.cond(ok, lambda f: (jnp.zeros([], jnp.int32), *f), rescaled,
-                      fast)
+  # A shared switch: inside shard_map, the constant exponent of the first
+  # branch varies like the second's.
+  return _sharding.switch(ok, [rescaled,
+                               lambda f: (jnp.zeros([], jnp.int32), *f)],
+                          fast, u, new)
 
 
 def _per_layer(fn, *stacked):

@@ -1,5 +1,8 @@
 """Optax's sharding battery and same-shaped leaves sharded apart (8 devices).
 
+Same-shaped leaves sharded differently, in one tree: under ``jit`` on a
+mesh, and inside ``shard_map`` (one replicated, one per device).
+
 Runs ``tests/_sharded_run.py optax_battery grouped`` in its own subprocess
 (beside ``test_sharding``'s, so the two can run on different workers).
 """
@@ -47,3 +50,12 @@ def test_same_shapes_with_different_shardings_in_one_tree(rows):
 
     if 'accepted' in r:
       assert r['accepted'][0] == r['accepted'][1] > 0, r
+
+
+def test_replicated_and_per_device_leaves_in_one_tree_in_shard_map(rows):
+  rows = {r['optimizer']: r for r in rows
+          if r['mode'] == 'grouped_shard_map'}
+  assert set(rows) == {'soft', 'hard', 'disjoint'}
+  for name, r in rows.items():
+    assert 'error' not in r, f"{name}: {r.get('error')}"
+    assert r['max_error'] < 1e-5, (name, r)
