@@ -342,8 +342,8 @@ def _after(new: jax.Array, res: LeafResult) -> jax.Array:
   A select on a predicate that is never true (the statistics are sums of
   non-negative terms, or NaN, which compares false): free, and it makes
   the statistics, which read the old gradient, operands of the result, so
-  that XLA schedules them before the result is written: disjoint pairing
-  on a GPT-2 head then holds 149 MiB of temp memory, not 222 MiB.
+  that XLA schedules them before the result is written (less temp memory on
+  a large leaf: see the benchmark page).
   """
   e, d2, g2 = res.sq_sums
   never = ((d2 < 0) | (g2 < 0) | (res.abs_cos < 0)

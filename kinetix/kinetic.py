@@ -123,8 +123,8 @@ def _scaled_sq_sums(new, u):
     return (_exponent(scale), jnp.sum(dd * dd).astype(jnp.float32),
             jnp.sum(x * x).astype(jnp.float32))
 
-  # A shared switch: inside shard_map, the constant exponent of the first
-  # branch varies like the second's.
+  # The shared switch: inside shard_map, the fast branch's constant
+  # exponent then varies like the rescaled branch's.
   return _sharding.switch(ok, [rescaled,
                                lambda f: (jnp.zeros([], jnp.int32), *f)],
                           fast, u, new)
