@@ -418,7 +418,6 @@ def _run_group(collision: Collision, group: list[_Leaf], us: list[Any],
       news = [new]
     else:
       n = len(group)
-
       leaves = tuple(zip(ws, gs, strict=True))
       reads = [lambda ops, j=j: ops[j] for j in range(n)]
 
@@ -431,8 +430,7 @@ def _run_group(collision: Collision, group: list[_Leaf], us: list[Any],
 
       # Zeros like the gradients (their sharding, and inside shard_map
       # their varying axes), to be overwritten.
-      out = jnp.broadcast_to(jnp.zeros_like(gs[0], u_dtype),
-                             (n, *gs[0].shape))
+      out = jnp.broadcast_to(jnp.zeros_like(gs[0]), (n, *gs[0].shape))
       totals, out, index = jax.lax.fori_loop(
           0, n, body, (totals, out, _loop_range(n)))
       news = [jax.lax.dynamic_index_in_dim(out, i, keepdims=False)
