@@ -195,26 +195,34 @@ def _soft_coefficients(cw, cg, rows, cols, opts: _SoftOptions):
   return s
 
 
+def _row_squares(y, lay: _neurons.Layout):
+  """``|y_i|²`` of each neuron, ordered like the rows of a Gram matrix."""
+  return _neurons.row_values(
+      jnp.sum(y * y, axis=lay.feature_axes, keepdims=True), lay)
+
+
 def _soft_dense(yw, yg, g, lay: _neurons.Layout, opts: _SoftOptions):
   """``(S·g, Σ|cos_w| off-diagonal, |ŷ_g|²)`` with all of ``S`` at once.
 
   ``yw``, ``yg``: the neurons scaled by powers of two
   (:func:`kinetix._neurons.scaled_rows`). The Grams contract the feature
   axes in place and ``S·g`` the neuron axis (``dot_general`` with the layer
-  axes as batch dimensions): the leaf is never transposed, and the cosines
-  divide each Gram by the norms on its diagonal.
+  axes as batch dimensions): the leaf is never transposed. The norms are
+  summed apart, not read off the Grams' diagonals, and the diagonal of
+  ``|C_w|`` is subtracted from its sum, not masked: no ``N×N`` mask or
+  gather is built (in a group's loop XLA would hoist and keep them), and
+  one ``N×N`` temporary less lives.
   """
   cols = jnp.arange(lay.neurons, dtype=jnp.int32)
-  gram_w = _neurons.gram(yw, yw, lay)
-  gram_g = _neurons.gram(yg, yg, lay)
-  qw = jnp.diagonal(gram_w, axis1=-2, axis2=-1)
-  qg = jnp.diagonal(gram_g, axis1=-2, axis2=-1)
+  qw, qg = _row_squares(yw, lay), _row_squares(yg, lay)
   iw, ig = _neurons.inverse_norms(qw), _neurons.inverse_norms(qg)
-  cw = _neurons.cosines(gram_w, iw, iw)
-  s = _soft_coefficients(cw, _neurons.cosines(gram_g, ig, ig), cols, cols,
-                         opts)
-  off = cols[:, None] != cols[None, :]
-  abs_cos = jnp.sum(jnp.where(off, jnp.abs(cw), 0.0))
+  cw = _neurons.cosines(_neurons.gram(yw, yw, lay), iw, iw)
+  s = _soft_coefficients(cw, _neurons.cosines(_neurons.gram(yg, yg, lay),
+                                              ig, ig), cols, cols, opts)
+  # |cos(w_i, w_i)| is 1 (0 for a zero neuron) up to rounding: clamp the
+  # difference, a sum of non-negative terms, at 0.
+  abs_cos = jnp.maximum(
+      jnp.sum(jnp.abs(cw)) - jnp.sum(jnp.abs(qw * (iw * iw))), 0.0)
   return _neurons.to_leaf_order(_neurons.mix(s, g, lay), lay), abs_cos, qg
 
 
@@ -227,12 +235,7 @@ def _soft_blocked(yw, yg, g, lay: _neurons.Layout, opts: _SoftOptions,
   of the statistics.
   """
   n = lay.neurons
-
-  def squares(y):
-    return _neurons.row_values(
-        jnp.sum(y * y, axis=lay.feature_axes, keepdims=True), lay)
-
-  qw, qg = squares(yw), squares(yg)
+  qw, qg = _row_squares(yw, lay), _row_squares(yg, lay)
   iw, ig = _neurons.inverse_norms(qw), _neurons.inverse_norms(qg)
   order, _ = _neurons.mix_order(lay, g.ndim)
   out_axis = order.index(lay.neuron_axis)
