@@ -99,10 +99,14 @@ def hard_reference(w, g, c, kappa, key):
   d = g.shape[1]
   out = g.copy()
   pairs = hard_pairs(w, g, c, kappa)
-  for i, j in pairs:
-    n_ij = np.asarray(_neurons.unit_directions(
-        _neurons.pair_keys(key, jnp.array([i]), jnp.array([j])), d,
-        jnp.float32)[0], np.float64)
+  if not pairs:
+    return out, 0
+  # Every pair's direction from its own key, drawn in one call.
+  i_s, j_s = (jnp.array(x, jnp.int32) for x in zip(*pairs, strict=True))
+  draw = jax.jit(lambda k, i, j: _neurons.unit_directions(
+      _neurons.pair_keys(k, i, j), d, jnp.float32))
+  directions = np.asarray(draw(key, i_s, j_s), np.float64)
+  for (i, j), n_ij in zip(pairs, directions, strict=True):
     g_cm = (g[i] + g[j]) / 2
     speed = np.linalg.norm(g[i] - g[j])
     out[i] += g_cm + 0.5 * speed * n_ij - g[i]

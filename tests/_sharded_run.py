@@ -186,7 +186,9 @@ def run_shard_map(w, target):
                                       out_specs=spec))(
               *(jax.device_put(a, sharding) for a in args))
           if ref is not None:
-            row['max_error'] = float(jnp.max(jnp.abs(out - ref)))
+            # Relative to max(1, |x|): rounding grows with the values.
+            row['max_error'] = float(jnp.max(
+                jnp.abs(out - ref) / jnp.maximum(1.0, jnp.abs(ref))))
           row['finite'] = bool(jnp.all(jnp.isfinite(out)))
         except Exception as e:  # pylint: disable=broad-except
           row['error'] = f'{type(e).__name__}: {e}'[:2000]
