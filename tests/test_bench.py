@@ -65,10 +65,15 @@ def test_quick_bench_writes_all_rows(tmp_path, capsys):
     assert model[name]['blocks'] > 1
   assert model['adamw']['target_ratio'] is None
   # Run time of each collision grouped vs one transformation per leaf.
-  update = {r['optimizer']: r for r in rows if r['kind'] == 'model_update'}
+  update = {r['optimizer']: r for r in rows
+            if r['kind'] == 'model_update' and not r['chained']}
   assert set(update) == {'soft', 'disjoint'}      # --quick skips 'hard'
   assert all(r['target_ratio'] == bench.MODEL_UPDATE_TARGET
              for r in update.values())
+  # Disjoint pairing followed by AdamW, as trained: informational.
+  chained = [r for r in rows if r['kind'] == 'model_update' and r['chained']]
+  assert [r['optimizer'] for r in chained] == ['disjoint']
+  assert chained[0]['target_ratio'] is None and chained[0]['holds'] is None
   heads = [r for r in rows if r['kind'] == 'vocab_head_memory']
   assert {r['optimizer'] for r in heads} == set(bench.VOCAB_HEADS)
   assert all(r['memory_limit_bytes'] and r['temp_bytes'] is not None
