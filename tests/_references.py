@@ -5,6 +5,7 @@ authors' code: the tests compare kinetix against these, never against
 itself.
 """
 
+import functools
 import itertools
 
 import jax
@@ -94,6 +95,13 @@ def hard_pairs(w, g, c, kappa):
           > 1 - c]
 
 
+@functools.partial(jax.jit, static_argnames='dim')
+def _pair_directions(key, i, j, dim):
+  """``n_ij`` of the pairs ``(i, j)``: one jitted program per shape."""
+  return _neurons.unit_directions(_neurons.pair_keys(key, i, j), dim,
+                                  jnp.float32)
+
+
 def hard_reference(w, g, c, kappa, key):
   """Eqs. 5-8 with explicit pair loops; n_ij from kinetix's pair keys."""
   d = g.shape[1]
@@ -103,9 +111,7 @@ def hard_reference(w, g, c, kappa, key):
     return out, 0
   # Every pair's direction from its own key, drawn in one call.
   i_s, j_s = (jnp.array(x, jnp.int32) for x in zip(*pairs, strict=True))
-  draw = jax.jit(lambda k, i, j: _neurons.unit_directions(
-      _neurons.pair_keys(k, i, j), d, jnp.float32))
-  directions = np.asarray(draw(key, i_s, j_s), np.float64)
+  directions = np.asarray(_pair_directions(key, i_s, j_s, d), np.float64)
   for (i, j), n_ij in zip(pairs, directions, strict=True):
     g_cm = (g[i] + g[j]) / 2
     speed = np.linalg.norm(g[i] - g[j])

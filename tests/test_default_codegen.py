@@ -35,7 +35,8 @@ def check(name, tx, reference):
     errors.append(float(np.max(np.abs(np.asarray(updates[k], np.float64)
                                       - from_neurons_np(ref, shapes[k])))))
   out[name] = max(errors)
-  out[name + '_pairs'] = [int(getattr(state, 'accepted_pairs', pairs)), pairs]
+  if hasattr(state, 'accepted_pairs'):       # hard collisions count pairs
+    out[name + '_pairs'] = [int(state.accepted_pairs), pairs]
 
 check('soft', kinetix.soft_collision(0.3),
       lambda w, g, k: (soft_reference(w, g, 0.3), 0))
@@ -60,6 +61,6 @@ def test_collisions_equal_their_references_under_default_xla_flags():
   assert out['xla_flags'] == ''
   for name in ('soft', 'hard', 'disjoint'):
     assert out[name] < 1e-5, (name, out)
+  for name in ('hard', 'disjoint'):
     counted, expected = out[name + '_pairs']
-    assert counted == expected, (name, out)
-  assert out['hard_pairs'][1] > 0 and out['disjoint_pairs'][1] > 0, out
+    assert counted == expected > 0, (name, out)
