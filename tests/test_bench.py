@@ -58,12 +58,19 @@ def test_quick_bench_writes_all_rows(tmp_path, capsys):
   assert all(r['memory_limit_bytes'] == bench.MEMORY_LIMIT for r in lm_head)
   # Whole-model compile rows: every collision against its 1-block tree,
   # with the 2x target; the Optax references carry none.
-  model = {r['optimizer']: r for r in rows if r['kind'] == 'model_compile'}
+  model = {r['optimizer']: r for r in rows
+           if r['kind'] == 'model_compile' and r['chained']}
   assert set(model) == {'soft', 'hard', 'disjoint', 'adamw', 'muon'}
   for name in ('soft', 'hard', 'disjoint'):
     assert model[name]['target_ratio'] == bench.MODEL_COMPILE_TARGET
     assert model[name]['blocks'] > 1
   assert model['adamw']['target_ratio'] is None
+  # The collision alone, without AdamW: informational.
+  alone = [r for r in rows if r['kind'] == 'model_compile'
+           and not r['chained']]
+  assert [r['optimizer'] for r in alone] == ['soft']   # --quick: soft only
+  assert alone[0]['target_ratio'] is None and alone[0]['holds'] is None
+  assert 'alone' in alone[0]['case']
   # Run time of each collision grouped vs one transformation per leaf.
   update = {r['optimizer']: r for r in rows
             if r['kind'] == 'model_update' and not r['chained']}

@@ -670,11 +670,12 @@ def _collision(name: str, mask: Any) -> Any:
   }[name]()
 
 
-def model_optimizer(name: str, pattern: str = BLOCK_KERNELS) -> Any:
+def model_optimizer(name: str, pattern: str = BLOCK_KERNELS, *,
+                    chained: bool = True) -> Any:
   """The update benchmarked on a whole model: a collision then AdamW.
 
   The collision acts on the leaves ``pattern`` selects (every block kernel
-  by default).
+  by default); ``chained=False``: the collision alone.
   """
   import kinetix  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
@@ -682,8 +683,8 @@ def model_optimizer(name: str, pattern: str = BLOCK_KERNELS) -> Any:
     return optax.adamw(1e-3)
   if name == 'muon':
     return optax.contrib.muon(1e-3)
-  return optax.chain(_collision(name, kinetix.masks.by_path(pattern)),
-                     optax.adamw(1e-3))
+  collision = _collision(name, kinetix.masks.by_path(pattern))
+  return optax.chain(collision, optax.adamw(1e-3)) if chained else collision
 
 
 def compile_time(tx: Any, params: Any, repeats: int) -> tuple[float, Any]:
@@ -711,25 +712,35 @@ MODEL_LABELS = {'soft': 'soft collision + adamw',
 
 
 def bench_model_compile(name: str, blocks: int, width: int, vocab: int, *,
-                        repeats: int,
-                        pattern: str = BLOCK_KERNELS) -> dict[str, Any]:
-  """Row 8: compile time of the update on ``blocks`` blocks vs on 1."""
-  t1, _ = compile_time(model_optimizer(name, pattern),
-                       gpt2_params(1, width, vocab), repeats)
-  tn, compiled = compile_time(model_optimizer(name, pattern),
-                              gpt2_params(blocks, width, vocab), repeats)
+                        repeats: int, pattern: str = BLOCK_KERNELS,
+                        chained: bool = True) -> dict[str, Any]:
+  """Row 8: compile time of the update on ``blocks`` blocks vs on 1.
+
+  A collision is followed by AdamW, as trained (the target's row);
+  ``chained=False`` times the collision alone (informational): its own
+  growth, apart from AdamW's.
+  """
+  def optimizer():
+    return model_optimizer(name, pattern, chained=chained)
+  t1, _ = compile_time(optimizer(), gpt2_params(1, width, vocab), repeats)
+  tn, compiled = compile_time(optimizer(), gpt2_params(blocks, width, vocab),
+                              repeats)
   collision = name in ('soft', 'hard', 'disjoint')
+  label = MODEL_LABELS[name] if chained else MODEL_LABELS[name].split(
+      ' + ')[0] + ' alone'
+  where = (f'collision on the {4 * blocks} block kernels'
+           if pattern == BLOCK_KERNELS else f'collision on {pattern}')
   return _row('model_compile',
-              f'{MODEL_LABELS[name]}, GPT-2 tree width {width}: compile, '
+              f'{label}, GPT-2 tree width {width}: compile, '
               f'{blocks} blocks', time_s=tn,
               reference='same, 1 block', reference_time_s=t1,
-              target_ratio=MODEL_COMPILE_TARGET if collision else None,
+              target_ratio=(MODEL_COMPILE_TARGET if collision and chained
+                            else None),
               temp=temp_bytes(compiled), repeats=repeats, optimizer=name,
-              blocks=blocks, width=width, vocab=vocab,
-              note=((f'collision on the {4 * blocks} block kernels'
-                     if pattern == BLOCK_KERNELS else
-                     f'collision on {pattern}') if collision
-                    else 'reference, no target'))
+              blocks=blocks, width=width, vocab=vocab, chained=chained,
+              note=(where if collision and chained else
+                    f'{where}, no AdamW (informational, no target)'
+                    if collision else 'reference, no target'))
 
 
 def bench_model_update(name: str, blocks: int, width: int, *, repeats: int,
@@ -883,6 +894,12 @@ def run_benchmarks(quick: bool, repeats: int, *,
     add('model_compile', f'model compile {name}',
         lambda name=name: bench_model_compile(name, *model, repeats=reps,
                                               pattern=model_pattern))
+  # Each collision's own growth, without AdamW's (informational).
+  for name in ('soft',) if quick else ('soft', 'hard', 'disjoint'):
+    add('model_compile', f'model compile {name} alone',
+        lambda name=name: bench_model_compile(name, *model, repeats=reps,
+                                              pattern=model_pattern,
+                                              chained=False))
   # The quick run skips the all-pairs row: its per-leaf reference is the
   # slowest to compile, and the row's code is the same for every collision.
   # Disjoint pairing's update takes well under a second: the full repeats.
