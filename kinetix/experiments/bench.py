@@ -846,6 +846,7 @@ def run_benchmarks(quick: bool, repeats: int, *,
     mlp, batch = (16, 64, 64, 10), 32
     model = (2, 16, 100)                 # blocks, width, vocab
     model_pattern = 'blocks/*/mlp/fc/kernel'   # one layout: compiles fast
+    alone = ('soft',)                    # collisions timed without AdamW
     heads = ((16, 3000, 2),)
   else:
     soft_sizes, hard_sizes, full_n, mem_n = ((256, 1024, 2048),
@@ -856,6 +857,7 @@ def run_benchmarks(quick: bool, repeats: int, *,
     mlp, batch = (64, 512, 512, 10), 256
     model = (12, 768, 50257)
     model_pattern = BLOCK_KERNELS
+    alone = ('soft', 'hard', 'disjoint')
     heads = ((768, 50257, 2), (896, 151936, 4))
 
   cases: list[tuple[tuple[str, str], Callable[[], dict[str, Any]]]] = []
@@ -890,16 +892,18 @@ def run_benchmarks(quick: bool, repeats: int, *,
       lambda: bench_blocked_lm_head(*lm_head, lm_block, repeats=lm_repeats))
 
   reps = 1 if quick else MODEL_COMPILE_REPEATS
-  for name in ('soft', 'hard', 'disjoint', 'adamw', 'muon'):
-    add('model_compile', f'model compile {name}',
-        lambda name=name: bench_model_compile(name, *model, repeats=reps,
-                                              pattern=model_pattern))
-  # Each collision's own growth, without AdamW's (informational).
-  for name in ('soft',) if quick else ('soft', 'hard', 'disjoint'):
-    add('model_compile', f'model compile {name} alone',
-        lambda name=name: bench_model_compile(name, *model, repeats=reps,
-                                              pattern=model_pattern,
-                                              chained=False))
+  # Each collision followed by AdamW (the target's rows), the Optax
+  # references, and each collision's own growth without AdamW's
+  # (informational; soft only in the quick run).
+  compile_cases = ([(name, True) for name in
+                    ('soft', 'hard', 'disjoint', 'adamw', 'muon')]
+                   + [(name, False) for name in alone])
+  for name, chained in compile_cases:
+    add('model_compile',
+        f'model compile {name}' + ('' if chained else ' alone'),
+        lambda name=name, chained=chained: bench_model_compile(
+            name, *model, repeats=reps, pattern=model_pattern,
+            chained=chained))
   # The quick run skips the all-pairs row: its per-leaf reference is the
   # slowest to compile, and the row's code is the same for every collision.
   # Disjoint pairing's update takes well under a second: the full repeats.
