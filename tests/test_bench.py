@@ -111,3 +111,25 @@ def test_temp_bytes_handles_missing_analysis():
 
   assert bench.temp_bytes(NoAnalysis()) is None
   assert bench.temp_bytes(Broken()) is None
+
+
+def test_compile_times_build_a_new_transformation_per_sample():
+  # A transformation caches what it traces (one jitted function per group of
+  # leaves): a sample that reused one would time less than a restart does.
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import kinetix  # pylint: disable=g-import-not-at-top
+  made = []
+
+  def make_tx():
+    made.append(kinetix.soft_collision(0.1))
+    return made[-1]
+
+  params = {'a': jax.ShapeDtypeStruct((4, 6), jnp.float32),
+            'b': jax.ShapeDtypeStruct((4, 6), jnp.float32)}
+  ref_params = {'a': params['a']}
+  t, t_ref, compiled = bench.compare_compile_times(make_tx, params,
+                                                   ref_params, repeats=3)
+  assert len(made) == 6 and len({id(tx) for tx in made}) == 6
+  assert _finite_positive(t) and _finite_positive(t_ref)
+  assert bench.temp_bytes(compiled) is not None

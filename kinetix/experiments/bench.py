@@ -79,7 +79,7 @@ HARD_FLOOR_TARGET = 1.5
 CLIFF_TARGET = 3.0
 DISJOINT_TARGET = 2.0
 MODEL_COMPILE_TARGET = 2.0         # compile(12 blocks) / compile(1 block)
-MODEL_COMPILE_REPEATS = 3          # compile times: the best of this many
+MODEL_COMPILE_REPEATS = 5          # compile times: the median of this many
 MODEL_UPDATE_TARGET = 1.1          # grouped update / each leaf on its own
 
 NOTES = (
@@ -690,8 +690,9 @@ def model_optimizer(name: str, pattern: str = BLOCK_KERNELS, *,
 def compile_time(tx: Any, params: Any, repeats: int) -> tuple[float, Any]:
   """Best of ``repeats`` trace + lower + compile times of ``tx.update``.
 
-  Each repeat jits a new function, so nothing is cached between them.
-  Returns ``(seconds, executable)``.
+  Each repeat jits a new function, so jit's cache does not serve a repeat
+  (``tx``'s own caches may: :func:`compare_compile_times` builds a new
+  transformation per sample). Returns ``(seconds, executable)``.
   """
   import jax  # pylint: disable=g-import-not-at-top
   state = jax.eval_shape(tx.init, params)
@@ -703,6 +704,31 @@ def compile_time(tx: Any, params: Any, repeats: int) -> tuple[float, Any]:
     compiled = fn.lower(params, state, params).compile()
     best = min(best, time.perf_counter() - start)
   return best, compiled
+
+
+def compare_compile_times(make_tx: Callable[[], Any], params: Any,
+                          ref_params: Any, *,
+                          repeats: int) -> tuple[float, float, Any]:
+  """Median compile times of ``make_tx().update`` on two param trees.
+
+  Trace + lower + compile, sampled alternately (as :func:`compare_times`
+  samples run times), each sample with a new transformation from
+  ``make_tx`` and a new jitted function, so that nothing traced or compiled
+  for one sample serves another: what a restart compiles. Returns
+  ``(seconds on params, seconds on ref_params, executable on params)``.
+  """
+  times_a: list[float] = []
+  times_b: list[float] = []
+  compiled = None
+  for i in range(repeats):
+    # Alternate which side goes first: no side always follows the other.
+    if i % 2:
+      times_b.append(compile_time(make_tx(), ref_params, 1)[0])
+    t, compiled = compile_time(make_tx(), params, 1)
+    times_a.append(t)
+    if not i % 2:
+      times_b.append(compile_time(make_tx(), ref_params, 1)[0])
+  return statistics.median(times_a), statistics.median(times_b), compiled
 
 
 MODEL_LABELS = {'soft': 'soft collision + adamw',
@@ -720,11 +746,10 @@ def bench_model_compile(name: str, blocks: int, width: int, vocab: int, *,
   ``chained=False`` times the collision alone (informational): its own
   growth, apart from AdamW's.
   """
-  def optimizer():
-    return model_optimizer(name, pattern, chained=chained)
-  t1, _ = compile_time(optimizer(), gpt2_params(1, width, vocab), repeats)
-  tn, compiled = compile_time(optimizer(), gpt2_params(blocks, width, vocab),
-                              repeats)
+  tn, t1, compiled = compare_compile_times(
+      lambda: model_optimizer(name, pattern, chained=chained),
+      gpt2_params(blocks, width, vocab), gpt2_params(1, width, vocab),
+      repeats=repeats)
   collision = name in ('soft', 'hard', 'disjoint')
   label = MODEL_LABELS[name] if chained else MODEL_LABELS[name].split(
       ' + ')[0] + ' alone'
