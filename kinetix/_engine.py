@@ -375,7 +375,7 @@ def _read(stack: jax.Array, i: jax.Array) -> jax.Array:
 
 
 def _run_group(collision: Collision, group: list[_Leaf], us: list[Any],
-               ps: list[Any], step_key: jax.Array, coef: Any,
+               ps: list[Any], keys: jax.Array, coef: Any,
                cache: dict[Any, Any]):
   """Collides the leaves of one group; returns their updates and statistics.
 
@@ -405,9 +405,6 @@ def _run_group(collision: Collision, group: list[_Leaf], us: list[Any],
   lay, layer_index = group[0].layout, group[0].layer_index
   u_dtype = us[group[0].index].dtype
   cdt = _utils.compute_dtype(u_dtype)
-  seeds = np.asarray([_utils.path_seed(leaf.path) for leaf in group],
-                     np.uint32)
-  keys = jax.vmap(lambda s: _rng.fold_in(step_key, s))(jnp.asarray(seeds))
 
   def one(totals, w, g, key, coef):
     res = collision.leaf(w.astype(cdt), g.astype(cdt), key, layer_index,
@@ -500,8 +497,13 @@ def transformation(collision: Collision, state_cls: Any, *, coll_coef: Any,
     new_key, step_key = _rng.split(state.key)
     out = list(us)
     totals = _no_stats()
+    # Each leaf's key for this step, folded from its path: all hashed at once.
+    keys = _rng.fold_in_many(step_key, np.asarray(
+        [_utils.path_seed(leaf.path) for leaf in selected], np.uint32))
+    position = {leaf.index: i for i, leaf in enumerate(selected)}
     for group in _groups(selected, us, ps):
-      news, group_totals = _run_group(collision, group, us, ps, step_key,
+      group_keys = keys[np.asarray([position[leaf.index] for leaf in group])]
+      news, group_totals = _run_group(collision, group, us, ps, group_keys,
                                       coef, cache)
       totals = _merge_stats(totals, group_totals)
       for leaf, new in zip(group, news, strict=True):
@@ -537,6 +539,5 @@ def unordered_pairs(lay: _neurons.Layout) -> int:
 
 def layer_keys(key: jax.Array, layer_index: tuple[int, ...]) -> jax.Array:
   """One key per layer: ``fold_in(key, l)`` for each ``l`` in the index."""
-  return jax.vmap(lambda i: _rng.fold_in(key, i))(
-      jnp.asarray(layer_index, jnp.int32))
+  return _rng.fold_in_many(key, np.asarray(layer_index, np.uint32))
 

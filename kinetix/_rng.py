@@ -165,3 +165,17 @@ def fold_in(key: jax.Array, data: Any) -> jax.Array:
                     jnp.asarray(data, dtype=_U32))
   return jax.random.wrap_key_data(jnp.stack([x0, x1]), impl='threefry2x32')
 
+
+def fold_in_many(key: jax.Array, data: Any) -> jax.Array:
+  """``vmap(lambda d: jax.random.fold_in(key, d))(data)``, bit for bit.
+
+  One key per entry of the 1-D ``data`` (as uint32), hashed as one vector:
+  a tenth of the ops that tracing the ``vmap`` of :func:`fold_in` binds.
+  """
+  data = jnp.asarray(data).astype(_U32)
+  if not _inline(key, 1):
+    return jax.vmap(lambda d: jax.random.fold_in(key, d))(data)
+  k = jax.random.key_data(key)
+  x0, x1 = hash2x32(k[0], k[1], jnp.zeros_like(data), data)
+  return jax.random.wrap_key_data(jnp.stack([x0, x1], axis=-1),
+                                  impl='threefry2x32')

@@ -186,3 +186,18 @@ def test_sharded_draws_equal_unsharded():
                         check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert proc.stdout.strip() == str([True] * 6), proc.stdout
+
+
+def test_fold_in_many_is_vmapped_fold_in():
+  # The engine folds every selected leaf's path seed into the step key at
+  # once; each key must be the one jax.random.fold_in gives that leaf alone.
+  data = np.asarray([0, 1, 7, 2**31 + 5, 2**32 - 1], np.uint32)
+  for key in (jax.random.key(11), jax.random.key(11, impl='rbg'),
+              jax.random.PRNGKey(11)):
+    want = jax.vmap(lambda d, key=key: jax.random.fold_in(key, d))(data)
+    got = _rng.fold_in_many(key, data)
+    assert got.shape == want.shape
+    assert _bits_equal(jax.random.key_data(want), jax.random.key_data(got))
+    assert _bits_equal(jax.random.key_data(want),
+                       jax.random.key_data(jax.jit(_rng.fold_in_many)(key,
+                                                                     data)))
