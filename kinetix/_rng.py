@@ -160,10 +160,15 @@ def fold_in(key: jax.Array, data: Any) -> jax.Array:
   """``jax.random.fold_in(key, data)``, bit for bit (``data`` as uint32)."""
   if not _inline(key, 1):
     return jax.random.fold_in(key, data)
+  return _hashed_fold_in(key, jnp.asarray(data, dtype=_U32))
+
+
+def _hashed_fold_in(key: jax.Array, data: jax.Array) -> jax.Array:
+  """``fold_in(key, d)`` for each entry ``d`` of the uint32 array ``data``."""
   k = jax.random.key_data(key)
-  x0, x1 = hash2x32(k[0], k[1], jnp.zeros([], _U32),
-                    jnp.asarray(data, dtype=_U32))
-  return jax.random.wrap_key_data(jnp.stack([x0, x1]), impl='threefry2x32')
+  x0, x1 = hash2x32(k[0], k[1], jnp.zeros_like(data), data)
+  return jax.random.wrap_key_data(jnp.stack([x0, x1], axis=-1),
+                                  impl='threefry2x32')
 
 
 def fold_in_many(key: jax.Array, data: Any) -> jax.Array:
@@ -175,7 +180,4 @@ def fold_in_many(key: jax.Array, data: Any) -> jax.Array:
   data = jnp.asarray(data).astype(_U32)
   if not _inline(key, 1):
     return jax.vmap(lambda d: jax.random.fold_in(key, d))(data)
-  k = jax.random.key_data(key)
-  x0, x1 = hash2x32(k[0], k[1], jnp.zeros_like(data), data)
-  return jax.random.wrap_key_data(jnp.stack([x0, x1], axis=-1),
-                                  impl='threefry2x32')
+  return _hashed_fold_in(key, data)
