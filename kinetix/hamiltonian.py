@@ -379,9 +379,10 @@ def _bbi_bounce(pi: list[jax.Array], key: jax.Array, seeds: list[int],
 
   Leaf ``i`` draws ``uniform(fold_in(key, seeds[i]), [-1/2, 1/2))``.
   """
-  u = [_rng.uniform(_rng.fold_in(key, seed), p.shape, p.dtype,
-                    -0.5, 0.5, out_sharding=_sharding.sharding_like(p))
-       for p, seed in zip(pi, seeds, strict=True)]
+  keys = _rng.fold_in_many(key, np.asarray(seeds, np.uint32))
+  u = [_rng.uniform(k, p.shape, p.dtype, -0.5, 0.5,
+                    out_sharding=_sharding.sharding_like(p))
+       for p, k in zip(pi, keys, strict=True)]
   scale = _utils.safe_sqrt(_safe_div(_sq_norm(pi, sdt), _sq_norm(u, sdt)))
   return [x * scale.astype(x.dtype) for x in u]
 
@@ -432,10 +433,11 @@ def _ecdsep_rotate(p: list[jax.Array], p2: jax.Array, nu: jax.Array,
   """
   norm = _utils.safe_sqrt(p2)
   safe_norm = jnp.where(norm > 0, norm, jnp.ones_like(norm))
+  keys = _rng.fold_in_many(key, np.asarray(seeds, np.uint32))
   d = [x / safe_norm.astype(x.dtype) + nu.astype(x.dtype)
-       * _rng.normal(_rng.fold_in(key, seed), x.shape, x.dtype,
+       * _rng.normal(k, x.shape, x.dtype,
                      out_sharding=_sharding.sharding_like(x))
-       for x, seed in zip(p, seeds, strict=True)]
+       for x, k in zip(p, keys, strict=True)]
   back = _safe_div(norm, _utils.safe_sqrt(_sq_norm(d, sdt)))
   return [x * back.astype(x.dtype) for x in d]
 
