@@ -153,16 +153,28 @@ def compare_times(fn: Callable[..., Any], args: Sequence[Any],
     loop_a, loop_b = _loop_count(fn, args), _loop_count(ref, ref_args)
   else:
     loop_a = loop_b = 1
-  times_a, times_b = [], []
-  for i in range(repeats):
-    # Alternate which side goes first: no side always follows the other.
-    if i % 2:
-      times_b.append(_sample(ref, ref_args, loop_b))
-      times_a.append(_sample(fn, args, loop_a))
-    else:
-      times_a.append(_sample(fn, args, loop_a))
-      times_b.append(_sample(ref, ref_args, loop_b))
+  times_a, times_b = _alternately(lambda: _sample(fn, args, loop_a),
+                                  lambda: _sample(ref, ref_args, loop_b),
+                                  repeats)
   return statistics.median(times_a), statistics.median(times_b)
+
+
+def _alternately(sample_a: Callable[[], Any], sample_b: Callable[[], Any],
+                 repeats: int) -> tuple[list[Any], list[Any]]:
+  """``repeats`` samples of each side, alternating which side goes first.
+
+  No side always follows the other, so a slow stretch of a shared machine
+  falls on both.
+  """
+  a, b = [], []
+  for i in range(repeats):
+    if i % 2:
+      b.append(sample_b())
+      a.append(sample_a())
+    else:
+      a.append(sample_a())
+      b.append(sample_b())
+  return a, b
 
 
 def compile_fn(fn: Callable[..., Any], args: Sequence[Any]) -> Any:
@@ -717,18 +729,11 @@ def compare_compile_times(make_tx: Callable[[], Any], params: Any,
   for one sample serves another: what a restart compiles. Returns
   ``(seconds on params, seconds on ref_params, executable on params)``.
   """
-  times_a: list[float] = []
-  times_b: list[float] = []
-  compiled = None
-  for i in range(repeats):
-    # Alternate which side goes first: no side always follows the other.
-    if i % 2:
-      times_b.append(compile_time(make_tx(), ref_params, 1)[0])
-    t, compiled = compile_time(make_tx(), params, 1)
-    times_a.append(t)
-    if not i % 2:
-      times_b.append(compile_time(make_tx(), ref_params, 1)[0])
-  return statistics.median(times_a), statistics.median(times_b), compiled
+  a, b = _alternately(lambda: compile_time(make_tx(), params, 1),
+                      lambda: compile_time(make_tx(), ref_params, 1)[0],
+                      repeats)
+  return (statistics.median(t for t, _ in a), statistics.median(b),
+          a[-1][1])
 
 
 MODEL_LABELS = {'soft': 'soft collision + adamw',
