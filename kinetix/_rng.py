@@ -50,7 +50,25 @@ def _default_float(dtype: Any) -> Any:
 
 
 def _rotl(x: jax.Array, r: int) -> jax.Array:
-  return (x << _U32(r)) | (x >> _U32(32 - r))
+  return jax.lax.bitwise_or(jax.lax.shift_left(x, np.uint32(r)),
+                            jax.lax.shift_right_logical(x, np.uint32(32 - r)))
+
+
+def _hash2x32(k0: jax.Array, k1: jax.Array, x0: jax.Array,
+              x1: jax.Array) -> tuple[jax.Array, jax.Array]:
+  ks = (k0, k1, jax.lax.bitwise_xor(jax.lax.bitwise_xor(k0, k1), _KS_PARITY))
+  x0, x1 = jax.lax.add(x0, ks[0]), jax.lax.add(x1, ks[1])
+  for i in range(5):
+    for r in _ROTATIONS[i % 2]:
+      x0 = jax.lax.add(x0, x1)
+      x1 = jax.lax.bitwise_xor(x0, _rotl(x1, r))
+    x0 = jax.lax.add(x0, ks[(i + 1) % 3])
+    x1 = jax.lax.add(jax.lax.add(x1, ks[(i + 2) % 3]), np.uint32(i + 1))
+  return x0, x1
+
+
+# Traced once per argument type (shape, sharding) and inlined where called.
+_hash2x32_inline = jax.jit(_hash2x32, inline=True)
 
 
 def hash2x32(k0: jax.Array, k1: jax.Array, x0: jax.Array,
@@ -58,17 +76,11 @@ def hash2x32(k0: jax.Array, k1: jax.Array, x0: jax.Array,
   """Threefry-2x32 (20 rounds) of the counter pairs ``(x0, x1)``.
 
   The same function as JAX's ``threefry2x32_p``, unrolled, so that XLA fuses
-  it with what produces the counters and what consumes the bits.
+  it with what produces the counters and what consumes the bits. Written in
+  ``lax`` operations and inlined from one traced copy per argument type:
+  a model's update hashes many keys and counters of few types.
   """
-  ks = (k0, k1, k0 ^ k1 ^ _KS_PARITY)
-  x0, x1 = x0 + ks[0], x1 + ks[1]
-  for i in range(5):
-    for r in _ROTATIONS[i % 2]:
-      x0 = x0 + x1
-      x1 = x0 ^ _rotl(x1, r)
-    x0 = x0 + ks[(i + 1) % 3]
-    x1 = x1 + ks[(i + 2) % 3] + _U32(i + 1)
-  return x0, x1
+  return _hash2x32_inline(*(jnp.asarray(x, _U32) for x in (k0, k1, x0, x1)))
 
 
 def _flat_index(shape: Sequence[int], out_sharding: Any) -> jax.Array:
@@ -181,3 +193,4 @@ def fold_in_many(key: jax.Array, data: Any) -> jax.Array:
   if not _inline(key, 1):
     return jax.vmap(lambda d: jax.random.fold_in(key, d))(data)
   return _hashed_fold_in(key, data)
+
