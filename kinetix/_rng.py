@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kinetix import _utils
+
 _U32 = jnp.uint32
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 _KS_PARITY = np.uint32(0x1BD11BDA)
@@ -194,3 +196,24 @@ def fold_in_many(key: jax.Array, data: Any) -> jax.Array:
     return jax.vmap(lambda d: jax.random.fold_in(key, d))(data)
   return _hashed_fold_in(key, data)
 
+
+
+def fold_in_each(key: jax.Array, data: Any) -> list[jax.Array]:
+  """``[jax.random.fold_in(key, d) for d in data]``, bit for bit.
+
+  The keys of :func:`fold_in_many`, each read out at an index known at run
+  time only (:func:`kinetix._utils.at_run_time`), so that the kernels that
+  draw from them are the same for every leaf of a shape.
+  """
+  keys = fold_in_many(key, data)
+  typed = jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key)
+  raw = jax.random.key_data(keys) if typed else keys
+  rows = _utils.at_run_time(tuple(np.int32(i) for i in range(len(raw))))
+  out = [jax.lax.dynamic_slice(raw, (i,) + (np.int32(0),) * (raw.ndim - 1),
+                               (1, *raw.shape[1:]),
+                               allow_negative_indices=False)[0]
+         for i in rows]
+  if not typed:
+    return out
+  impl = jax.random.key_impl(keys)
+  return [jax.random.wrap_key_data(x, impl=impl) for x in out]

@@ -109,6 +109,21 @@ def safe_sqrt(x: jax.Array) -> jax.Array:
                    jnp.where(jnp.isnan(x), x, jnp.zeros_like(x)))
 
 
+def at_run_time(tree: Any) -> Any:
+  """``tree`` unchanged, computed before any kernel reads it.
+
+  The outputs of a two-step loop that XLA cannot fold. A kernel that
+  reads them takes them as parameters instead of fusing the scalar work that
+  produces them (a constant row offset, a sum over the leaves): the kernels
+  of leaves of one shape are then the same, and XLA compiles one of them
+  rather than one per leaf.
+  """
+  def body(k, xs):
+    never = k >= 2
+    return jax.tree.map(lambda x: jnp.where(never, jnp.zeros_like(x), x), xs)
+  return jax.lax.fori_loop(0, 2, body, tree)
+
+
 def validate_key(key: KeyLike, name: str = 'key') -> None:
   """Checks at construction time that ``key`` can become a typed PRNG key."""
   if is_traced(key):

@@ -95,8 +95,10 @@ class ECDSepState(NamedTuple):
 def _sq_norm(tree: Any, dtype: Any) -> jax.Array:
   """Sum of squares over all leaves of ``tree``, accumulated in ``dtype``."""
   leaves = jax.tree_util.tree_leaves(tree)
-  return sum((jnp.sum(jnp.square(x.astype(jnp.promote_types(x.dtype, dtype))))
-              .astype(dtype) for x in leaves), jnp.zeros([], dtype))
+  total = sum((jnp.sum(jnp.square(x.astype(jnp.promote_types(x.dtype, dtype))))
+               .astype(dtype) for x in leaves), jnp.zeros([], dtype))
+  # One value for every leaf's kernels to read: not a sum fused into each.
+  return _utils.at_run_time(total)
 
 
 def _scalar_dtype(value: Any) -> Any:
@@ -379,7 +381,7 @@ def _bbi_bounce(pi: list[jax.Array], key: jax.Array, seeds: list[int],
 
   Leaf ``i`` draws ``uniform(fold_in(key, seeds[i]), [-1/2, 1/2))``.
   """
-  keys = _rng.fold_in_many(key, np.asarray(seeds, np.uint32))
+  keys = _rng.fold_in_each(key, np.asarray(seeds, np.uint32))
   u = [_rng.uniform(k, p.shape, p.dtype, -0.5, 0.5,
                     out_sharding=_sharding.sharding_like(p))
        for p, k in zip(pi, keys, strict=True)]
@@ -433,7 +435,7 @@ def _ecdsep_rotate(p: list[jax.Array], p2: jax.Array, nu: jax.Array,
   """
   norm = _utils.safe_sqrt(p2)
   safe_norm = jnp.where(norm > 0, norm, jnp.ones_like(norm))
-  keys = _rng.fold_in_many(key, np.asarray(seeds, np.uint32))
+  keys = _rng.fold_in_each(key, np.asarray(seeds, np.uint32))
   d = [x / safe_norm.astype(x.dtype) + nu.astype(x.dtype)
        * _rng.normal(k, x.shape, x.dtype,
                      out_sharding=_sharding.sharding_like(x))

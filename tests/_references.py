@@ -7,6 +7,7 @@ itself.
 
 import functools
 import itertools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -171,3 +172,18 @@ def apply(tx, grads, params):
   state = tx.init(params)
   updates, state = jax.jit(tx.update)(grads, state, params)
   return updates, state
+
+
+def distinct_kernels(compiled) -> set[str]:
+  """The distinct fused kernels of a compiled program, names stripped.
+
+  XLA compiles one kernel per distinct fused computation.
+  """
+  text = compiled.as_text()
+  kernels = set()
+  for sig, body in re.findall(r'^%fused[\w.\-]* (\(.*?\)) -> .*?\{\n(.*?)\n\}',
+                              text, re.M | re.S):
+    body = re.sub(r', metadata=\{[^}]*\}', '', body)
+    kernels.add(re.sub(r'[\w.\-]+:', '', sig)
+                + re.sub(r'%[\w.\-]+', '%', body))
+  return kernels

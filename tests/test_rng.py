@@ -201,3 +201,11 @@ def test_fold_in_many_is_vmapped_fold_in():
     assert _bits_equal(jax.random.key_data(want),
                        jax.random.key_data(jax.jit(_rng.fold_in_many)(key,
                                                                      data)))
+    # BBI and ECDSep read each leaf's key apart (fold_in_each).
+    for each in (_rng.fold_in_each(key, data),
+                 jax.jit(_rng.fold_in_each)(key, data)):
+      assert len(each) == len(data)
+      for i, k in enumerate(each):
+        assert k.dtype == want.dtype
+        assert _bits_equal(jax.random.key_data(want[i]),
+                           jax.random.key_data(k))
