@@ -92,13 +92,17 @@ class ECDSepState(NamedTuple):
 # Conserved quantities
 
 
-def _sq_norm(tree: Any, dtype: Any) -> jax.Array:
-  """Sum of squares over all leaves of ``tree``, accumulated in ``dtype``."""
+def _sq_norm(tree: Any, dtype: Any, *, shared: bool = True) -> jax.Array:
+  """Sum of squares over all leaves of ``tree``, accumulated in ``dtype``.
+
+  ``shared``: computed once for every leaf's kernels to read
+  (:func:`kinetix._utils.at_run_time`), not as a chain of additions fused
+  into each, which makes every leaf's kernels distinct (compiled apart).
+  """
   leaves = jax.tree_util.tree_leaves(tree)
   total = sum((jnp.sum(jnp.square(x.astype(jnp.promote_types(x.dtype, dtype))))
                .astype(dtype) for x in leaves), jnp.zeros([], dtype))
-  # One value for every leaf's kernels to read: not a sum fused into each.
-  return _utils.at_run_time(total)
+  return _utils.at_run_time(total) if shared else total
 
 
 def _scalar_dtype(value: Any) -> Any:
@@ -857,7 +861,9 @@ def ecdsep(
       cf = (_ecdsep_energy_rescale(p2, v, exp_energy, s_, c(eps1))
             if conserve else c(1.0))
       new_p = _ecdsep_kick(p, g, cf, call.dt, c(eta), base)
-      big_p2 = _sq_norm(new_p, sdt)
+      # Not shared: XLA would then store the kicked momentum (a model-size
+      # buffer) instead of recomputing it in each kernel that reads it.
+      big_p2 = _sq_norm(new_p, sdt, shared=False)
       new_updates = _ecdsep_drift(new_p, big_p2, s_, call.dt, grads)
       if not no_noise:
         new_p = _ecdsep_rotate(new_p, big_p2, c(nu), call.key, call.seeds,
