@@ -60,11 +60,15 @@ def test_quick_bench_writes_all_rows(tmp_path, capsys):
   # with the 2x target; the Optax references carry none.
   model = {r['optimizer']: r for r in rows
            if r['kind'] == 'model_compile' and r['chained']}
-  assert set(model) == {'soft', 'hard', 'disjoint', 'adamw', 'muon'}
+  assert set(model) == {'soft', 'hard', 'disjoint', 'adamw', 'muon', 'bbi',
+                        'ecdsep'}
   for name in ('soft', 'hard', 'disjoint'):
     assert model[name]['target_ratio'] == bench.MODEL_COMPILE_TARGET
     assert model[name]['blocks'] > 1
-  assert model['adamw']['target_ratio'] is None
+  # Optax's and the loss-driven optimizers' rows are informational.
+  for name in ('adamw', 'bbi', 'ecdsep'):
+    assert model[name]['target_ratio'] is None
+    assert model[name]['holds'] is None
   # The collision alone, without AdamW: informational.
   alone = [r for r in rows if r['kind'] == 'model_compile'
            and not r['chained']]

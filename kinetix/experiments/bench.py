@@ -695,32 +695,45 @@ def model_optimizer(name: str, pattern: str = BLOCK_KERNELS, *,
     return optax.adamw(1e-3)
   if name == 'muon':
     return optax.contrib.muon(1e-3)
+  if name in LOSS_OPTIMIZERS:
+    return getattr(kinetix, name)(1e-3)
   collision = _collision(name, kinetix.masks.by_path(pattern))
   return optax.chain(collision, optax.adamw(1e-3)) if chained else collision
 
 
-def compile_time(tx: Any, params: Any, repeats: int) -> tuple[float, Any]:
+def compile_time(tx: Any, params: Any, repeats: int, *,
+                 value: bool = False) -> tuple[float, Any]:
   """Best of ``repeats`` trace + lower + compile times of ``tx.update``.
 
-  Each repeat jits a new function, so jit's cache does not serve a repeat
-  (``tx``'s own caches may: :func:`compare_compile_times` builds a new
-  transformation per sample). Returns ``(seconds, executable)``.
+  Each repeat starts from cleared JAX caches (``jax.clear_caches()``) and
+  jits a new function, so nothing JAX traced before serves a repeat, as
+  after a restart (``tx``'s own caches may: :func:`compare_compile_times`
+  builds a new transformation per sample). ``value``: the update takes the
+  loss (``value=``, traced). Returns ``(seconds, executable)``.
   """
   import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   state = jax.eval_shape(tx.init, params)
+  loss = jax.ShapeDtypeStruct((), jnp.float32)
   best, compiled = math.inf, None
   for _ in range(repeats):
+    jax.clear_caches()
     # A new function each time: jit's cache must not serve a repeat.
-    fn = jax.jit(lambda u, s, p: tx.update(u, s, p))  # noqa: PLW0108
+    if value:
+      fn = jax.jit(lambda u, s, p, v: tx.update(u, s, p, value=v))
+      args = (params, state, params, loss)
+    else:
+      fn = jax.jit(lambda u, s, p: tx.update(u, s, p))  # noqa: PLW0108
+      args = (params, state, params)
     start = time.perf_counter()
-    compiled = fn.lower(params, state, params).compile()
+    compiled = fn.lower(*args).compile()
     best = min(best, time.perf_counter() - start)
   return best, compiled
 
 
 def compare_compile_times(make_tx: Callable[[], Any], params: Any,
-                          ref_params: Any, *,
-                          repeats: int) -> tuple[float, float, Any]:
+                          ref_params: Any, *, repeats: int,
+                          value: bool = False) -> tuple[float, float, Any]:
   """Median compile times of ``make_tx().update`` on two param trees.
 
   Trace + lower + compile, sampled alternately (as :func:`compare_times`
@@ -729,9 +742,10 @@ def compare_compile_times(make_tx: Callable[[], Any], params: Any,
   for one sample serves another: what a restart compiles. Returns
   ``(seconds on params, seconds on ref_params, executable on params)``.
   """
-  a, b = _alternately(lambda: compile_time(make_tx(), params, 1),
-                      lambda: compile_time(make_tx(), ref_params, 1)[0],
-                      repeats)
+  a, b = _alternately(
+      lambda: compile_time(make_tx(), params, 1, value=value),
+      lambda: compile_time(make_tx(), ref_params, 1, value=value)[0],
+      repeats)
   return (statistics.median(t for t, _ in a), statistics.median(b),
           a[-1][1])
 
@@ -739,7 +753,9 @@ def compare_compile_times(make_tx: Callable[[], Any], params: Any,
 MODEL_LABELS = {'soft': 'soft collision + adamw',
                 'hard': "hard collision ('all') + adamw",
                 'disjoint': "hard collision ('disjoint') + adamw",
-                'adamw': 'optax.adamw alone', 'muon': 'optax.contrib.muon'}
+                'adamw': 'optax.adamw alone', 'muon': 'optax.contrib.muon',
+                'bbi': 'kinetix.bbi', 'ecdsep': 'kinetix.ecdsep'}
+LOSS_OPTIMIZERS = ('bbi', 'ecdsep')   # on every leaf, with value=loss
 
 
 def bench_model_compile(name: str, blocks: int, width: int, vocab: int, *,
@@ -749,12 +765,13 @@ def bench_model_compile(name: str, blocks: int, width: int, vocab: int, *,
 
   A collision is followed by AdamW, as trained (the target's row);
   ``chained=False`` times the collision alone (informational): its own
-  growth, apart from AdamW's.
+  growth, apart from AdamW's. BBI and ECDSep (informational) act on every
+  leaf and take ``value=``.
   """
   tn, t1, compiled = compare_compile_times(
       lambda: model_optimizer(name, pattern, chained=chained),
       gpt2_params(blocks, width, vocab), gpt2_params(1, width, vocab),
-      repeats=repeats)
+      repeats=repeats, value=name in LOSS_OPTIMIZERS)
   collision = name in ('soft', 'hard', 'disjoint')
   label = MODEL_LABELS[name] if chained else MODEL_LABELS[name].split(
       ' + ')[0] + ' alone'
@@ -770,7 +787,9 @@ def bench_model_compile(name: str, blocks: int, width: int, vocab: int, *,
               blocks=blocks, width=width, vocab=vocab, chained=chained,
               note=(where if collision and chained else
                     f'{where}, no AdamW (informational, no target)'
-                    if collision else 'reference, no target'))
+                    if collision else
+                    'on every leaf, value=loss (informational, no target)'
+                    if name in LOSS_OPTIMIZERS else 'reference, no target'))
 
 
 def bench_model_update(name: str, blocks: int, width: int, *, repeats: int,
@@ -925,14 +944,17 @@ def run_benchmarks(quick: bool, repeats: int, *,
   # Each collision followed by AdamW (the target's rows), the Optax
   # references, and each collision's own growth without AdamW's
   # (informational; soft only in the quick run).
-  compile_cases = ([(name, True) for name in
+  # BBI and ECDSep on every leaf (informational; 3 samples: the 12-block
+  # tree compiles for about 10 s).
+  compile_cases = ([(name, True, reps) for name in
                     ('soft', 'hard', 'disjoint', 'adamw', 'muon')]
-                   + [(name, False) for name in alone])
-  for name, chained in compile_cases:
+                   + [(name, False, reps) for name in alone]
+                   + [(name, True, min(reps, 3)) for name in LOSS_OPTIMIZERS])
+  for name, chained, n in compile_cases:
     add('model_compile',
         f'model compile {name}' + ('' if chained else ' alone'),
-        lambda name=name, chained=chained: bench_model_compile(
-            name, *model, repeats=reps, pattern=model_pattern,
+        lambda name=name, chained=chained, n=n: bench_model_compile(
+            name, *model, repeats=n, pattern=model_pattern,
             chained=chained))
   # The quick run skips the all-pairs row: its per-leaf reference is the
   # slowest to compile, and the row's code is the same for every collision.
