@@ -367,13 +367,6 @@ def _loop_range_step(k: jax.Array, n: int,
   return tuple(i + zero for i in index)
 
 
-def _read(stack: jax.Array, i: jax.Array) -> jax.Array:
-  """``stack[i]`` for an index ``0 ≤ i < len(stack)`` known at run time."""
-  start = (i,) + (0,) * (stack.ndim - 1)
-  return jax.lax.dynamic_slice(stack, start, (1, *stack.shape[1:]),
-                               allow_negative_indices=False)[0]
-
-
 def _run_group(collision: Collision, group: list[_Leaf], us: list[Any],
                ps: list[Any], keys: jax.Array, coef: Any,
                cache: dict[Any, Any]):
@@ -437,7 +430,7 @@ def _run_group(collision: Collision, group: list[_Leaf], us: list[Any],
       out = jnp.broadcast_to(jnp.zeros_like(gs[0]), (n, *gs[0].shape))
       totals, out, index = jax.lax.fori_loop(
           0, n, body, (totals, out, _loop_range(n)))
-      news = [_read(out, i) for i in index]
+      news = [_utils.read_row(out, i) for i in index]
     return tuple(_put_layers(u, new, leaf) for u, new, leaf in
                  zip(u_leaves, news, group, strict=True)), totals
 

@@ -197,7 +197,6 @@ def fold_in_many(key: jax.Array, data: Any) -> jax.Array:
   return _hashed_fold_in(key, data)
 
 
-
 def fold_in_each(key: jax.Array, data: Any) -> list[jax.Array]:
   """``[jax.random.fold_in(key, d) for d in data]``, bit for bit.
 
@@ -209,10 +208,7 @@ def fold_in_each(key: jax.Array, data: Any) -> list[jax.Array]:
   typed = jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key)
   raw = jax.random.key_data(keys) if typed else keys
   rows = _utils.at_run_time(tuple(np.int32(i) for i in range(len(raw))))
-  out = [jax.lax.dynamic_slice(raw, (i,) + (np.int32(0),) * (raw.ndim - 1),
-                               (1, *raw.shape[1:]),
-                               allow_negative_indices=False)[0]
-         for i in rows]
+  out = [_utils.read_row(raw, i) for i in rows]
   if not typed:
     return out
   impl = jax.random.key_impl(keys)

@@ -124,6 +124,18 @@ def at_run_time(tree: Any) -> Any:
   return jax.lax.fori_loop(0, 2, body, tree)
 
 
+def read_row(stack: jax.Array, i: jax.Array) -> jax.Array:
+  """``stack[i]`` for an index ``0 ≤ i < len(stack)`` known at run time.
+
+  No select for negative indices (``dynamic_index_in_dim`` has one, fused
+  into every kernel that reads the row). The other start indices take
+  ``i``'s integer type (a Python 0 is int64 under ``jax_enable_x64``).
+  """
+  start = (i,) + (np.zeros((), jnp.dtype(i.dtype)),) * (stack.ndim - 1)
+  return jax.lax.dynamic_slice(stack, start, (1, *stack.shape[1:]),
+                               allow_negative_indices=False)[0]
+
+
 def validate_key(key: KeyLike, name: str = 'key') -> None:
   """Checks at construction time that ``key`` can become a typed PRNG key."""
   if is_traced(key):

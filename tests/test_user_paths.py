@@ -157,6 +157,31 @@ def test_float64_soft_collision_is_exact_to_float64(x64):
     np.testing.assert_allclose(out['k'], ref, rtol=1e-13, atol=1e-14)
 
 
+@pytest.mark.parametrize('pairing', [None, 'all', 'disjoint'])
+def test_float64_grouped_leaves_collide_as_alone(x64, pairing):
+  """Two leaves of one layout (one group, one loop) under x64.
+
+  Each leaf's update is the one it gets as its own transformation.
+  """
+  del x64
+  rng = np.random.default_rng(5)
+  params = {n: jnp.asarray(rng.normal(size=(6, 8))) for n in 'ab'}
+  grads = {n: jnp.asarray(rng.normal(size=(6, 8))) for n in 'ab'}
+
+  def make(mask=None):
+    if pairing is None:
+      return kinetic.soft_collision(0.2, mask=mask)
+    return kinetic.hard_collision(0.2, pairing=pairing, mask=mask)
+
+  tx = make()
+  out, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  for n in 'ab':
+    alone = make(kinetix.masks.by_path(n))
+    want, _ = jax.jit(alone.update)(grads, alone.init(params), params)
+    assert out[n].dtype == jnp.float64
+    np.testing.assert_allclose(out[n], want[n], rtol=1e-13, atol=1e-14)
+
+
 @pytest.fixture
 def x64():
   jax.config.update('jax_enable_x64', True)
