@@ -98,6 +98,7 @@ def _sq_norm(tree: Any, dtype: Any, *, shared: bool = True) -> jax.Array:
   ``shared``: computed once for every leaf's kernels to read
   (:func:`kinetix._utils.at_run_time`), not as a chain of additions fused
   into each, which makes every leaf's kernels distinct (compiled apart).
+  A sum that no leaf's kernel reads (the energies) needs no sharing.
   """
   leaves = jax.tree_util.tree_leaves(tree)
   total = sum((jnp.sum(jnp.square(x.astype(jnp.promote_types(x.dtype, dtype))))
@@ -132,7 +133,7 @@ def bbi_energy(value: Any, momentum: Any, *, v0: float = 0.0) -> jax.Array:
   """
   dtype = _scalar_dtype(value)
   v = jnp.asarray(value, dtype) - jnp.asarray(v0, dtype)
-  return jnp.sqrt(jnp.square(v) + v * _sq_norm(momentum, dtype))
+  return jnp.sqrt(jnp.square(v) + v * _sq_norm(momentum, dtype, shared=False))
 
 
 def ecdsep_energy(value: Any, momentum: Any, params: Any = None, *,
@@ -168,10 +169,11 @@ def ecdsep_energy(value: Any, momentum: Any, params: Any = None, *,
   if weight_decay != 0:
     if params is None:
       raise ValueError('ecdsep_energy with weight_decay needs the params.')
-    f = f + 0.5 * jnp.asarray(weight_decay, dtype) * _sq_norm(params, dtype)
+    f = f + 0.5 * jnp.asarray(weight_decay, dtype) * _sq_norm(
+        params, dtype, shared=False)
   v = jnp.power(f - jnp.asarray(f0, dtype), jnp.asarray(eta, dtype))
   return jnp.log(v) + jnp.log(jnp.asarray(s, dtype) +
-                              _sq_norm(momentum, dtype))
+                              _sq_norm(momentum, dtype, shared=False))
 
 
 # --------------------------------------------------------------------------
