@@ -777,6 +777,12 @@ def bench_model_compile(name: str, blocks: int, width: int, vocab: int, *,
       ' + ')[0] + ' alone'
   where = (f'collision on the {4 * blocks} block kernels'
            if pattern == BLOCK_KERNELS else f'collision on {pattern}')
+  if collision:
+    note = where if chained else f'{where}, no AdamW (informational, no target)'
+  elif name in LOSS_OPTIMIZERS:
+    note = 'on every leaf, value=loss (informational, no target)'
+  else:
+    note = 'reference, no target'
   return _row('model_compile',
               f'{label}, GPT-2 tree width {width}: compile, '
               f'{blocks} blocks', time_s=tn,
@@ -785,11 +791,7 @@ def bench_model_compile(name: str, blocks: int, width: int, vocab: int, *,
                             else None),
               temp=temp_bytes(compiled), repeats=repeats, optimizer=name,
               blocks=blocks, width=width, vocab=vocab, chained=chained,
-              note=(where if collision and chained else
-                    f'{where}, no AdamW (informational, no target)'
-                    if collision else
-                    'on every leaf, value=loss (informational, no target)'
-                    if name in LOSS_OPTIMIZERS else 'reference, no target'))
+              note=note)
 
 
 def bench_model_update(name: str, blocks: int, width: int, *, repeats: int,
